@@ -1,9 +1,9 @@
 """Synthetic CT-like phantoms: Hounsfield-unit volumes with organ-like label maps, written as NIfTI.
 
-Every case is a body cross-section (air, fat, soft tissue, a spine of bone) holding smoothed blob-shaped
-organs with their own intensity. Shapes are defined in world (RAS, mm) coordinates and sampled through each
-case's affine, so the anatomy stays put while spacing, origin and direction change from case to case.
-A case depends only on the seed and its index.
+Every case is a body cross-section (air, subcutaneous fat, a muscle wall, visceral fat, a spine of bone)
+holding smoothed blob-shaped organs with their own intensity. Shapes are defined in world (RAS, mm)
+coordinates and sampled through each case's affine, so the anatomy stays put while spacing, origin and
+direction change from case to case. A case depends only on the seed and its index.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 from scipy import ndimage
 
 AIR_HU = -1000.0
-FAT_HU = -100.0
-SOFT_TISSUE_HU = 40.0
+FAT_HU = -90.0
+MUSCLE_HU = 50.0
 BONE_HU = 700.0
 
 
@@ -36,9 +36,9 @@ ORGANS: dict[str, Organ] = {
     organ.name: organ
     for organ in (
         Organ("liver", (-22.0, 2.0, 4.0), (22.0, 20.0, 24.0), 110.0),
-        Organ("spleen", (28.0, 14.0, 8.0), (12.0, 11.0, 16.0), -40.0),
+        Organ("spleen", (28.0, 14.0, 8.0), (12.0, 11.0, 16.0), 45.0),
         Organ("left kidney", (26.0, -18.0, -14.0), (10.0, 9.0, 14.0), 230.0),
-        Organ("lesion", (-26.0, 4.0, 6.0), (7.0, 7.0, 7.0), -10.0),
+        Organ("lesion", (-26.0, 4.0, 6.0), (7.0, 7.0, 7.0), 15.0),
     )
 }
 
@@ -60,9 +60,7 @@ def case_affine(rng: np.random.Generator, spec: PhantomSpec) -> np.ndarray:
     """A voxel-to-RAS affine with jittered spacing, an LPS-like axis flip, a small tilt and a non-zero origin."""
     spacing = np.asarray(spec.spacing_mm) * rng.uniform(0.9, 1.1, size=3)
     angle = np.deg2rad(rng.uniform(-8.0, 8.0))
-    tilt = np.array(
-        [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]
-    )
+    tilt = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
     direction = tilt @ np.diag([-1.0, -1.0, 1.0])
     linear = direction * spacing
     centre_offset = rng.uniform(-20.0, 20.0, size=3) + np.array([0.0, 0.0, -600.0])
@@ -99,8 +97,9 @@ def make_case(seed: int, index: int, spec: PhantomSpec) -> tuple[np.ndarray, np.
     image = np.full(spec.shape, AIR_HU)
     body_a, body_b = rng.uniform(52.0, 58.0), rng.uniform(40.0, 46.0)
     body = (x / body_a) ** 2 + (y / body_b) ** 2
-    image[body <= 1.0] = FAT_HU
-    image[(x / (body_a - 6.0)) ** 2 + (y / (body_b - 6.0)) ** 2 <= 1.0] = SOFT_TISSUE_HU
+    image[body <= 1.0] = FAT_HU  # subcutaneous fat
+    image[(x / (body_a - 5.0)) ** 2 + (y / (body_b - 5.0)) ** 2 <= 1.0] = MUSCLE_HU  # abdominal wall
+    image[(x / (body_a - 12.0)) ** 2 + (y / (body_b - 12.0)) ** 2 <= 1.0] = FAT_HU  # visceral fat
     spine = (x / 8.0) ** 2 + ((y + body_b - 14.0) / 8.0) ** 2 <= 1.0
     image[spine] = BONE_HU
     label = np.zeros(spec.shape, dtype=np.uint8)
