@@ -1,0 +1,81 @@
+"""Run ``python -m monai.bundle run`` over a stack of config files as a child process.
+
+The arguments travel in an ``--args_file`` JSON so that no path reaches MONAI's command-line parser, the child
+runs with the bundle root importable (the configs do ``$import scripts``) and with a working directory of the
+caller's choice (the bundle's ``logging.conf`` writes ``training.log`` there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# monai 1.4.0 emits ~70 of these on import under torch >= 2.9; they say nothing about the run.
+QUIET_WARNINGS = "ignore:`torch.jit.:DeprecationWarning"
+
+
+@dataclass(frozen=True)
+class BundleRun:
+    """One invocation of the bundle: which configs, from where, logged to which file."""
+
+    bundle_dir: Path
+    config_files: Sequence[Path]
+    cwd: Path
+    log_path: Path
+    args_path: Path
+    python: str = sys.executable
+
+    def write_args(self) -> None:
+        """Write the ``--args_file`` JSON: the config stack and the bundle's logging configuration."""
+        args = {"config_file": [str(Path(p).resolve()) for p in self.config_files]}
+        logging_conf = self.bundle_dir / "configs" / "logging.conf"
+        if logging_conf.is_file():
+            args["logging_file"] = str(logging_conf.resolve())
+        self.args_path.parent.mkdir(parents=True, exist_ok=True)
+        self.args_path.write_text(json.dumps(args, indent=2) + "\n")
+
+    def command(self) -> list[str]:
+        """The exact command line of the child process."""
+        return [self.python, "-m", "monai.bundle", "run", "--args_file", str(self.args_path.resolve())]
+
+    def environment(self) -> dict[str, str]:
+        """The child's environment: the bundle root first on ``PYTHONPATH``, unbuffered output, quiet imports."""
+        env = dict(os.environ)
+        paths = [str(self.bundle_dir.resolve())]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), QUIET_WARNINGS]))
+        return env
+
+
+def run_bundle(run: BundleRun, on_line: Callable[[str], None] | None = None) -> int:
+    """Run the bundle to completion, copying its output to ``run.log_path`` (and ``on_line``); return the exit code."""
+    run.write_args()
+    run.cwd.mkdir(parents=True, exist_ok=True)
+    run.log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(run.command()) + "\n")
+        log.flush()
+        with subprocess.Popen(
+            run.command(),
+            cwd=run.cwd,
+            env=run.environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        ) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+            return process.wait()

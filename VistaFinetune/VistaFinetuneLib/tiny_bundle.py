@@ -1,0 +1,170 @@
+"""The tiny reference bundle: the VISTA3D bundle's configuration interface around a 272k-parameter network.
+
+Its configs and scripts ship in ``Resources/TinyBundle``; its "pretrained" ``models/model.pt`` is made here by
+running the bundle's own ``train.json`` + ``train_continual.json`` on synthetic phantoms in which only the liver
+is labelled, so the model knows the liver (VISTA3D class 1) and has never been taught the left kidney (14).
+The result is cached under a key of everything that shapes it, and a build never writes the template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from . import synthetic
+from .bundle_runner import BundleRun, run_bundle
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "Resources" / "TinyBundle"
+PRETRAINED_CLASS = ("liver", 1)
+UNTAUGHT_CLASS = ("left kidney", 14)
+EPOCH_LINE = re.compile(r"Epoch\[(\d+)\] Metrics -- .*val_mean_dice: ([0-9.]+)")
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """How the tiny bundle's pretrained weights are made."""
+
+    num_cases: int = 17
+    num_val_cases: int = 3
+    epochs: int = 10
+    learning_rate: float = 0.002
+    drop_label_prob: float = 0.0
+    drop_point_prob: float = 0.5
+    seed: int = 20261123
+
+
+RECIPE = PretrainRecipe()
+
+
+def cache_root() -> Path:
+    """Where built bundles are kept: ``$VISTAFINETUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/vistafinetune``."""
+    if os.environ.get("VISTAFINETUNE_CACHE_DIR"):
+        return Path(os.environ["VISTAFINETUNE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vistafinetune"
+
+
+def build_key(recipe: PretrainRecipe = RECIPE) -> str:
+    """A digest of the template, the phantom generator, the recipe and the monai/torch versions."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in TEMPLATE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(TEMPLATE_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    digest.update(Path(synthetic.__file__).read_bytes())
+    digest.update(json.dumps(asdict(recipe), sort_keys=True).encode())
+    for package in ("monai", "torch"):
+        digest.update(f"{package}=={metadata.version(package)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def copy_template(dest: Path) -> None:
+    """Copy the bundle's configs and scripts (no caches) to ``dest``."""
+    shutil.copytree(TEMPLATE_DIR, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def write_pretraining_data(work_dir: Path, recipe: PretrainRecipe) -> tuple[Path, Path]:
+    """Phantoms labelled with the liver only, and a datalist with fold 0 as validation."""
+    data_dir = work_dir / "data"
+    spec = synthetic.PhantomSpec(label_values={PRETRAINED_CLASS[0]: 1})
+    items = synthetic.write_dataset(data_dir, recipe.num_cases, seed=recipe.seed, spec=spec)
+    for index, item in enumerate(items):
+        item["fold"] = 0 if index < recipe.num_val_cases else 1
+    datalist = work_dir / "datalist.json"
+    datalist.write_text(json.dumps({"training": items}, indent=2) + "\n")
+    return data_dir, datalist
+
+
+def pretrain_overrides(bundle_dir: Path, work_dir: Path, data_dir: Path, datalist: Path, recipe: PretrainRecipe):
+    """Overrides that train from scratch and save the best checkpoint as ``models/model.pt``."""
+    return {
+        "bundle_root": str(bundle_dir),
+        "ckpt_dir": str(bundle_dir / "models"),
+        "output_dir": str(work_dir / "eval"),
+        "data_list_file_path": str(datalist),
+        "dataset_dir": str(data_dir),
+        "finetune": False,
+        "val_at_start": False,
+        "epochs": recipe.epochs,
+        "learning_rate": recipe.learning_rate,
+        "drop_label_prob": recipe.drop_label_prob,
+        "drop_point_prob": recipe.drop_point_prob,
+        "lr_schedule#activate": True,
+        "label_mappings": {"default": [[1, PRETRAINED_CLASS[1]]]},
+        "validate#handlers#3#key_metric_filename": "model.pt",
+    }
+
+
+def build_tiny_bundle(dest: Path, recipe: PretrainRecipe = RECIPE, log: Callable[[str], None] = print) -> dict:
+    """Build the bundle at ``dest`` (which must not exist): copy the template, pretrain, record the trajectory."""
+    work_dir = dest.with_name(dest.name + ".work")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    copy_template(dest)
+    data_dir, datalist = write_pretraining_data(work_dir, recipe)
+    overrides = work_dir / "pretrain_overrides.json"
+    overrides.write_text(json.dumps(pretrain_overrides(dest, work_dir, data_dir, datalist, recipe), indent=2))
+    configs = dest / "configs"
+    run = BundleRun(
+        bundle_dir=dest,
+        config_files=[configs / "train.json", configs / "train_continual.json", overrides],
+        cwd=work_dir,
+        log_path=work_dir / "pretrain.log",
+        args_path=work_dir / "pretrain_args.json",
+    )
+    dice_per_epoch: list[float] = []
+
+    def on_line(line: str) -> None:
+        match = EPOCH_LINE.search(line)
+        if match:
+            dice_per_epoch.append(float(match.group(2)))
+            log(f"  pretraining epoch {match.group(1)}/{recipe.epochs}: val_mean_dice {float(match.group(2)):.3f}")
+
+    started = time.monotonic()
+    code = run_bundle(run, on_line)
+    if code != 0 or not (dest / "models" / "model.pt").is_file():
+        raise RuntimeError(f"pretraining the tiny bundle failed (exit code {code}); see {run.log_path}")
+    record = {
+        "recipe": asdict(recipe),
+        "class": {"name": PRETRAINED_CLASS[0], "id": PRETRAINED_CLASS[1]},
+        "val_mean_dice_per_epoch": dice_per_epoch,
+        "best_val_mean_dice": max(dice_per_epoch),
+        "seconds": round(time.monotonic() - started, 1),
+        "build_key": build_key(recipe),
+    }
+    (dest / "docs").mkdir(exist_ok=True)
+    (dest / "docs" / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return record
+
+
+def ensure_tiny_bundle(root: Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Return the built tiny bundle for the current key, building it (once) if the cache lacks it."""
+    root = root or cache_root()
+    key = build_key()
+    final = root / f"tiny-vista3d-{key}"
+    if (final / "models" / "model.pt").is_file() and (final / "docs" / "pretraining.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    partial = root / f".tiny-vista3d-{key}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    log(f"Building the tiny reference bundle in {final} (pretraining on synthetic phantoms, a few minutes) ...")
+    record = build_tiny_bundle(partial, log=log)
+    try:
+        partial.rename(final)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)  # another process finished the same build first
+    log(
+        f"Tiny bundle ready: best pretraining val_mean_dice {record['best_val_mean_dice']:.3f} in {record['seconds']} s"
+    )
+    return final
+
+
+def pretraining_record(bundle_dir: Path) -> dict:
+    """The pretraining trajectory recorded when the bundle was built."""
+    return json.loads((bundle_dir / "docs" / "pretraining.json").read_text())
