@@ -1,0 +1,250 @@
+"""The label table: reading it from the three places a bundle keeps it, and resolving free text to class ids."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.labels import LabelCatalog, LabelClass
+from VistaFinetuneLib.tiny_bundle import TEMPLATE_DIR
+
+pytestmark = pytest.mark.unit
+
+TINY_METADATA = TEMPLATE_DIR / "configs" / "metadata.json"
+CT_CHANNEL_DEF: dict[str, str] = json.loads(TINY_METADATA.read_text())["network_data_format"]["outputs"]["pred"][
+    "channel_def"
+]
+CT_NAMES = {int(key): name for key, name in CT_CHANNEL_DEF.items() if key != "0"}
+NV_CT_OMITTED = {2, 16, 18, 20, 21, 129, 130, 131}  # ids the NV-Segment-CT label_dict.json leaves out
+# A few real entries past 132 from the NV-Segment-CTMR label_dict.json.
+CTMR_EXTRA = {
+    "fibula (deprecated)": 133,
+    "intervertebral discs": 134,
+    "left lung": 135,
+    "vertebrae": 146,
+    "uterus (deprecated)": 162,
+    "breast left": 163,
+    "3rd-Ventricle": 214,
+}
+CANDIDATE = re.compile(r"\b(\d+): ")
+
+
+def write_json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def metadata_with(channel_def: dict) -> dict:
+    return {"version": "0.0.1", "network_data_format": {"outputs": {"pred": {"channel_def": channel_def}}}}
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory) -> LabelCatalog:
+    """The 132-class CT table, read from a bundle whose metadata.json carries the tiny bundle's channel_def."""
+    bundle = tmp_path_factory.mktemp("ct_bundle")
+    write_json(bundle / "configs" / "metadata.json", metadata_with(CT_CHANNEL_DEF))
+    return LabelCatalog.from_bundle(bundle)
+
+
+def test_metadata_channel_def_is_read_without_background(ct, tmp_path):
+    assert len(CT_CHANNEL_DEF) == 133
+    assert sorted(ct.classes) == list(range(1, 133))
+    assert ct.classes[14] == LabelClass(14, "left kidney", False)
+    assert all(c.id == i and c.name == CT_NAMES[i] for i, c in ct.classes.items())
+    assert Path(ct.source).name == "metadata.json" and Path(ct.source).parent.name == "configs"
+
+
+def test_metadata_is_preferred_and_a_metadata_without_channel_def_falls_through(tmp_path):
+    write_json(tmp_path / "configs" / "metadata.json", metadata_with({"0": "background", "1": "liver"}))
+    write_json(tmp_path / "configs" / "label_dict.json", {"spleen": 3})
+    assert LabelCatalog.from_bundle(tmp_path).source == str(tmp_path / "configs" / "metadata.json")
+    write_json(tmp_path / "configs" / "metadata.json", {"version": "0.5.4", "network_data_format": {}})
+    catalog = LabelCatalog.from_bundle(tmp_path)
+    assert catalog.source == str(tmp_path / "configs" / "label_dict.json")
+    assert list(catalog.classes) == [3]
+
+
+def test_nv_segment_ct_label_dict_name_to_id(tmp_path):
+    table = {name: i for i, name in CT_NAMES.items() if i not in NV_CT_OMITTED}
+    write_json(tmp_path / "configs" / "label_dict.json", table)
+    catalog = LabelCatalog.from_bundle(tmp_path)
+    assert len(catalog.classes) == 124
+    assert catalog.source == str(tmp_path / "configs" / "label_dict.json")
+    assert catalog.resolve("left kidney") == 14
+    assert {2, 16, 18}.issubset(catalog.free_ids())
+    with pytest.raises(UserError, match="ambiguous") as error:  # no class is just "kidney" in this table
+        catalog.resolve("kidney")
+    assert {"5", "14"} <= set(CANDIDATE.findall(str(error.value)))
+
+
+def test_ctmr_label_dict_with_index_objects_and_deprecated_names(tmp_path):
+    names = {("prostate or uterus (deprecated)" if i == 16 else name): i for i, name in CT_NAMES.items()}
+    table = {
+        name: {"index": i, "datasets": ["CT"], "CT": ["TotalSegmentatorV2"]}
+        for name, i in {**names, **CTMR_EXTRA}.items()
+    }
+    write_json(tmp_path / "configs" / "label_dict.json", table)
+    catalog = LabelCatalog.from_bundle(tmp_path)
+    assert len(catalog.classes) == 132 + len(CTMR_EXTRA)
+    assert catalog.classes[16] == LabelClass(16, "prostate or uterus", True)
+    assert catalog.classes[162] == LabelClass(162, "uterus", True)
+    assert catalog.resolve("vertebrae") == 146  # a class of its own in CTMR
+    assert catalog.resolve("3rd ventricle") == 214
+    assert catalog.resolve("Left Breast") == 163
+    assert catalog.resolve("lung_left") == 135
+    assert 135 not in catalog.free_ids() and 136 in catalog.free_ids()
+
+
+def test_model_zoo_docs_labels_json(ct, tmp_path):
+    write_json(tmp_path / "docs" / "labels.json", {name: i for i, name in CT_NAMES.items()})
+    catalog = LabelCatalog.from_bundle(tmp_path)
+    assert catalog.source == str(tmp_path / "docs" / "labels.json")
+    assert catalog.classes == ct.classes
+
+
+def test_missing_table_names_the_folder(tmp_path):
+    bundle = tmp_path / "my bundle"
+    write_json(bundle / "configs" / "metadata.json", {"version": "0.5.4"})
+    with pytest.raises(UserError, match="no label table") as error:
+        LabelCatalog.from_bundle(bundle)
+    assert str(bundle) in str(error.value)
+    with pytest.raises(UserError) as error:
+        LabelCatalog.from_bundle(tmp_path / "absent")
+    assert str(tmp_path / "absent") in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("relative", "content"),
+    [
+        ("configs/metadata.json", '{"network_data_format": {"outputs": '),
+        ("configs/label_dict.json", '{"liver": 1,}'),
+        ("configs/label_dict.json", '{"liver": "one"}'),
+        ("configs/label_dict.json", '{"liver": {"datasets": []}}'),
+        ("configs/label_dict.json", '{"liver": 1, "hepar": 1}'),
+        ("docs/labels.json", '["liver"]'),
+        ("configs/metadata.json", json.dumps(metadata_with({"one": "liver"}))),
+        ("configs/metadata.json", json.dumps(metadata_with({"0": "background"}))),
+    ],
+)
+def test_malformed_table_names_the_file(tmp_path, relative, content):
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(UserError) as error:
+        LabelCatalog.from_bundle(tmp_path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("kidney_left", 14),
+        ("Left Kidney", 14),
+        ("L kidney", 14),
+        ("rt. kidney", 5),
+        ("kidney", 2),
+        ("urinary bladder", 15),
+        ("Spleen", 3),
+        ("  SPLEEN  ", 3),
+        ("lung tumor", 23),
+        ("lung tumour", 23),
+        ("Tumour-Lung", 23),
+        ("gall bladder", 10),
+        ("IVC", 7),
+        ("Vertebra_L5", 33),
+        ("upper lobe, left lung", 28),
+        ("prostate", 118),
+        ("23", 23),
+        (" 7 ", 7),
+    ],
+)
+def test_resolve_free_text_and_numbers(ct, text, expected):
+    assert ct.resolve(text) == expected
+
+
+def test_deprecated_names_resolve_and_lose_to_a_current_twin():
+    channel_def = {**CT_CHANNEL_DEF, "16": "prostate or uterus (deprecated)", "131": "vertebrae L6 (deprecated)"}
+    catalog = LabelCatalog.from_channel_def(channel_def, "ctmr metadata")
+    assert catalog.classes[16].deprecated and catalog.classes[16].name == "prostate or uterus"
+    assert not catalog.classes[118].deprecated
+    assert catalog.resolve("prostate or uterus") == 16
+    assert catalog.resolve("Prostate or Uterus (deprecated)") == 16
+    assert catalog.resolve("prostate") == 118
+    assert catalog.name(16) == "prostate or uterus"
+    twin = LabelCatalog.from_channel_def({**channel_def, "200": "Prostate_or_Uterus"}, "twin")
+    assert twin.resolve("prostate or uterus") == 200
+    twins = LabelCatalog.from_channel_def({**channel_def, "200": "spleen"}, "twins")
+    with pytest.raises(UserError, match="ambiguous") as error:
+        twins.resolve("spleen")
+    assert set(CANDIDATE.findall(str(error.value))) == {"3", "200"}
+
+
+@pytest.mark.parametrize("text", ["0", "133", "200"])
+def test_numbers_outside_the_table_are_refused(ct, text):
+    with pytest.raises(UserError, match=f"class id {text} is not in the label table"):
+        ct.resolve(text)
+
+
+def test_text_contained_in_several_names_is_ambiguous_with_five_candidates(ct):
+    with pytest.raises(UserError, match="ambiguous") as error:
+        ct.resolve("vertebrae")
+    message = str(error.value)
+    assert "unknown" not in message and "26 classes" in message
+    listed = [int(i) for i in CANDIDATE.findall(message)]
+    assert len(listed) == 5
+    assert all(CT_NAMES[i].startswith("vertebrae ") and f"{i}: {CT_NAMES[i]}" in message for i in listed)
+
+
+@pytest.mark.parametrize(
+    ("text", "candidate"),
+    [("livr", "1: liver"), ("kidny left", "14: left kidney"), ("thyroid", "126: thyroid gland")],
+)
+def test_unknown_text_is_refused_with_suggestions_not_picked(ct, text, candidate):
+    with pytest.raises(UserError, match="unknown") as error:
+        ct.resolve(text)
+    message = str(error.value)
+    assert candidate in message and ct.source in message
+    assert len(CANDIDATE.findall(message)) <= 5
+
+
+def test_unknown_text_with_nothing_similar(ct):
+    with pytest.raises(UserError, match=r"unknown.*no similar names"):
+        ct.resolve("xyzzy")
+    with pytest.raises(UserError, match="empty"):
+        ct.resolve(" _ ")
+
+
+def test_suggest_ranks_best_first_with_scores_in_unit_interval(ct):
+    suggestions = ct.suggest("kidny left", limit=4)
+    assert len(suggestions) == 4
+    assert suggestions[0][0].id == 14
+    scores = [score for _, score in suggestions]
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+    assert scores[0] > scores[1]
+    assert ct.suggest("Left Kidney")[0] == (ct.classes[14], 1.0)
+    assert ct.suggest("23", limit=3) == [(ct.classes[23], 1.0)]
+    assert ct.suggest("qqqqqqqq") == []
+
+
+def test_search_matches_all_tokens_in_any_order(ct):
+    assert [c.id for c in ct.search("rib left")] == list(range(63, 75))
+    assert [c.id for c in ct.search("Left_Rib")] == list(range(63, 75))
+    assert [c.id for c in ct.search("L kidney")] == [14, 116]
+    assert [c.id for c in ct.search("lobe lung right")] == [30, 31, 32]
+    assert ct.search("pineal") == []
+    assert ct.search("") == list(ct.classes.values())
+
+
+def test_free_ids_exclude_the_table(ct):
+    assert ct.free_ids() == list(range(133, 255))
+    sparse = LabelCatalog.from_channel_def({"0": "background", "1": "liver", "254": "custom"}, "sparse")
+    assert sparse.free_ids() == list(range(2, 254))
+
+
+def test_name_of_known_background_and_unknown_ids(ct):
+    assert ct.name(14) == "left kidney"
+    assert ct.name(0) == "background"
+    assert ct.name(200) == "class 200 (not in the table)"
