@@ -1,0 +1,82 @@
+"""The label mapping: which value in the user's labels becomes which VISTA3D class (the bundle's label_mappings)."""
+
+from __future__ import annotations
+
+import json
+
+from .errors import UserError
+from .labels import MAX_ID, LabelCatalog
+
+
+def parse_mapping(text: str) -> list[list[int]]:
+    """Parse ``--label-mapping '[[1, 23], [2, 24]]'``."""
+    try:
+        pairs = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--label-mapping {text!r}: not JSON ({error.msg}); write it like '[[1, 23]]'") from None
+    if not isinstance(pairs, list) or not pairs:
+        raise UserError(f"--label-mapping {text!r}: expected a non-empty list of [label value, VISTA3D id] pairs")
+    for pair in pairs:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair)
+        ):
+            raise UserError(f"--label-mapping {text!r}: {pair!r} is not a [label value, VISTA3D id] pair of integers")
+    return [[int(a), int(b)] for a, b in pairs]
+
+
+def mapping_for_anatomy(text: str, catalog: LabelCatalog, label_values: list[int]) -> tuple[list[list[int]], dict]:
+    """``--target-anatomy``: one foreground value in the labels, mapped to the class the name resolves to."""
+    class_id = catalog.resolve(text)
+    if len(label_values) != 1:
+        raise UserError(
+            f"--target-anatomy {text!r}: the labels hold {len(label_values)} foreground values {label_values}; "
+            f"say which one is {catalog.name(class_id)!r} with --label-mapping '[[value, {class_id}]]'"
+        )
+    resolution = {"text": text, "class_id": class_id, "class_name": catalog.name(class_id), "source": catalog.source}
+    return [[label_values[0], class_id]], resolution
+
+
+def check_mapping(pairs: list[list[int]], label_values: list[int], catalog: LabelCatalog | None) -> list[str]:
+    """Refuse mappings the bundle would mistrain on; return warnings worth recording."""
+    sources = [a for a, _ in pairs]
+    targets = [b for _, b in pairs]
+    duplicates = sorted({a for a in sources if sources.count(a) > 1})
+    if duplicates:
+        raise UserError(f"label mapping: label value(s) {duplicates} are mapped more than once")
+    for source, target in pairs:
+        if source <= 0:
+            raise UserError(f"label mapping [{source}, {target}]: label value {source} is background; map values >= 1")
+        if not 1 <= target <= MAX_ID:
+            raise UserError(
+                f"label mapping [{source}, {target}]: VISTA3D ids must be between 1 and {MAX_ID} "
+                "(0 is background and 255 means 'not processed')"
+            )
+    duplicate_targets = sorted({b for b in targets if targets.count(b) > 1})
+    if duplicate_targets:
+        raise UserError(f"label mapping: VISTA3D id(s) {duplicate_targets} receive more than one label value")
+    absent = [a for a in sources if a not in label_values]
+    if absent:
+        raise UserError(
+            f"label mapping: label value(s) {absent} occur in none of the training labels "
+            f"(values present: {label_values})"
+        )
+    unmapped = [v for v in label_values if v not in sources]
+    if unmapped:
+        raise UserError(
+            f"label mapping: the labels also hold value(s) {unmapped}, which the mapping leaves out; the bundle "
+            "would pass them through as VISTA3D ids. Add a [label value, VISTA3D id] pair for each of them "
+            "(`vista-finetune labels SEARCH` finds ids), or remove them from the labels"
+        )
+    warnings = []
+    if catalog is not None:
+        for source, target in pairs:
+            if target not in catalog.classes:
+                warnings.append(
+                    f"label value {source} maps to id {target}, which the bundle's label table does not name: "
+                    "a new class, learned from scratch; the stock inference.json needs point prompts for it"
+                )
+            elif catalog.classes[target].deprecated:
+                warnings.append(f"label value {source} maps to {catalog.classes[target]}, a deprecated class")
+    return warnings
