@@ -56,3 +56,17 @@ def test_failing_config_returns_a_non_zero_exit_code(tmp_path):
     )
     assert run_bundle(run) != 0
     assert "ZeroDivisionError" in (tmp_path / "run" / "main.log").read_text()
+
+
+def test_multi_gpu_runs_go_through_torchrun_from_the_same_interpreter(tmp_path):
+    run = BundleRun(
+        bundle_dir=tmp_path,
+        config_files=[],
+        cwd=tmp_path,
+        log_path=tmp_path / "l.log",
+        args_path=tmp_path / "a.json",
+        python="/env/bin/python",
+        nproc_per_node=4,
+    )
+    assert run.command()[:5] == ["/env/bin/python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert run.command()[5:9] == ["-m", "monai.bundle", "run", "--args_file"]

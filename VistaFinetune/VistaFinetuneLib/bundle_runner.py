@@ -17,6 +17,7 @@ from pathlib import Path
 
 # monai 1.4.0 emits ~70 of these on import under torch >= 2.9; they say nothing about the run.
 QUIET_WARNINGS = "ignore:`torch.jit.:DeprecationWarning"
+ENGINE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class BundleRun:
     log_path: Path
     args_path: Path
     python: str = sys.executable
+    nproc_per_node: int = 1  # > 1: one process per GPU under torchrun (its own rendezvous port, --standalone)
 
     def write_args(self) -> None:
         """Write the ``--args_file`` JSON: the config stack and the bundle's logging configuration."""
@@ -39,14 +41,27 @@ class BundleRun:
         self.args_path.parent.mkdir(parents=True, exist_ok=True)
         self.args_path.write_text(json.dumps(args, indent=2) + "\n")
 
+    def launcher(self) -> list[str]:
+        """The interpreter part of the command: plain Python, or torchrun from the same environment."""
+        if self.nproc_per_node > 1:
+            return [
+                self.python,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={self.nproc_per_node}",
+            ]
+        return [self.python]
+
     def command(self) -> list[str]:
         """The exact command line of the child process."""
-        return [self.python, "-m", "monai.bundle", "run", "--args_file", str(self.args_path.resolve())]
+        return [*self.launcher(), "-m", "monai.bundle", "run", "--args_file", str(self.args_path.resolve())]
 
     def environment(self) -> dict[str, str]:
         """The child's environment: the bundle root first on ``PYTHONPATH``, unbuffered output, quiet imports."""
         env = dict(os.environ)
-        paths = [str(self.bundle_dir.resolve())]
+        # The bundle root (for ``$import scripts``), then this engine (for its compatibility overrides).
+        paths = [str(self.bundle_dir.resolve()), str(ENGINE_ROOT)]
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)

@@ -1,0 +1,80 @@
+"""Shared fixtures: the tiny reference bundle (built once, cached) and synthetic datasets."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from VistaFinetuneLib import synthetic, tiny_bundle
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root`` (a bundle folder must never change)."""
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir() -> Path:
+    """The built tiny bundle (pretrained on liver only); built on first use, then reused from the cache."""
+    return tiny_bundle.ensure_tiny_bundle()
+
+
+@pytest.fixture(scope="session")
+def micro_dataset(tmp_path_factory) -> tuple[Path, Path]:
+    """Four micro phantoms (liver=1, spleen=2, left kidney=3) and a datalist with two validation cases."""
+    root = tmp_path_factory.mktemp("micro")
+    items = synthetic.write_dataset(root, 4, seed=99, spec=synthetic.MICRO_SPEC)
+    for index, item in enumerate(items):
+        item["fold"] = 0 if index < 2 else 1
+    datalist = root / "datalist.json"
+    datalist.write_text(json.dumps({"training": items}))
+    return root, datalist
+
+
+INJECTION = "$__import__('os').system('touch PWNED')"
+SMOKE_MAPPING = "[[1, 1], [2, 3], [3, 14]]"
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    """A finished smoke run and what surrounded it."""
+
+    run_dir: Path
+    dataset_dir: Path
+    bundle_before: dict[str, str]
+    bundle_after: dict[str, str]
+    dataset_before: dict[str, str]
+    dataset_after: dict[str, str]
+    exit_code: int
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tiny_bundle_dir, tmp_path_factory) -> SmokeRun:
+    """``vista-finetune finetune DATASET --smoke --formal-eval`` on micro phantoms, in folders named like a config
+    injection (about 2 CPU minutes)."""
+    from VistaFinetuneLib.cli import main
+
+    root = tmp_path_factory.mktemp("smoke") / INJECTION
+    dataset_dir = root / "data"
+    synthetic.write_dataset(dataset_dir, 4, seed=5, spec=synthetic.MICRO_SPEC)
+    bundle_before, dataset_before = tree_digest(tiny_bundle_dir), tree_digest(dataset_dir)
+    run_dir = root / "run"
+    code = main(
+        ["finetune", str(dataset_dir), "--smoke", "--formal-eval", "--label-mapping", SMOKE_MAPPING,
+         "--learning-rate", "0.002", "--bundle-dir", str(tiny_bundle_dir), "--output-dir", str(run_dir)]
+    )  # fmt: skip
+    bundle_after, dataset_after = tree_digest(tiny_bundle_dir), tree_digest(dataset_dir)
+    return SmokeRun(run_dir, dataset_dir, bundle_before, bundle_after, dataset_before, dataset_after, code)
+
+
+@pytest.fixture(scope="session")
+def smoke_run_dir(smoke_run) -> Path:
+    """The folder of a completed smoke run with formal evaluation."""
+    assert smoke_run.exit_code == 0
+    return smoke_run.run_dir

@@ -1,0 +1,331 @@
+"""Command line: ``vista-finetune`` / ``python -m VistaFinetuneLib``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__, synthetic, tiny_bundle
+from .bundle_source import SOURCES as BUNDLE_SOURCES
+from .errors import UserError
+from .labels import LabelCatalog
+
+DEMO_CASES = 10
+DEMO_EPOCHS = 8
+DEMO_LEARNING_RATE = 0.002
+
+
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    """Write a synthetic CT dataset (imagesTr/ + labelsTr/)."""
+    spec = synthetic.MICRO_SPEC if args.micro else synthetic.PhantomSpec()
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir}: the folder is not empty; choose a new folder for the synthetic dataset")
+    items = synthetic.write_dataset(out_dir, args.cases, seed=args.seed, spec=spec)
+    print(f"Wrote {len(items)} synthetic CT cases ({'x'.join(map(str, spec.shape))} voxels) to {out_dir}")
+    return 0
+
+
+def cmd_tiny_bundle(args: argparse.Namespace) -> int:
+    """Build (or find in the cache) the tiny reference bundle and print its folder."""
+    root = Path(args.cache_dir) if args.cache_dir else None
+    bundle = tiny_bundle.ensure_tiny_bundle(root, log=lambda m: print(m, file=sys.stderr))
+    print(bundle)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded default job: teach the tiny pretrained VISTA3D a structure it does not know, and judge it."""
+    from .finetune import FinetuneRequest, run_finetune
+    from .progress import ProgressBar
+
+    out_dir = Path(args.output_dir or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir}: the folder is not empty; choose a new folder for the demo (--output-dir)")
+    bundle = tiny_bundle.ensure_tiny_bundle(log=print)
+    record = tiny_bundle.pretraining_record(bundle)
+    known, untaught = tiny_bundle.PRETRAINED_CLASS, tiny_bundle.UNTAUGHT_CLASS
+    print(
+        f"Tiny pretrained VISTA3D: knows the {known[0]} (class {known[1]}, pretraining validation Dice "
+        f"{record['best_val_mean_dice']:.3f}); has never been taught the {untaught[0]} (class {untaught[1]})."
+    )
+    spec = synthetic.PhantomSpec(label_values={known[0]: 1, untaught[0]: 2})
+    synthetic.write_dataset(out_dir / "dataset", DEMO_CASES, seed=7, spec=spec)
+    print(
+        f"Synthetic CT dataset: {DEMO_CASES} cases in {out_dir / 'dataset'} (label 1 = {known[0]}, 2 = {untaught[0]})"
+    )
+    print(f"Finetuning with label mapping [[1, {known[1]}], [2, {untaught[1]}]] through the real bundle ...")
+    request = FinetuneRequest(
+        output_dir=out_dir / "run",
+        dataset_dir=out_dir / "dataset",
+        bundle_dir=bundle,
+        label_mapping=json.dumps([[1, known[1]], [2, untaught[1]]]),
+        epochs=DEMO_EPOCHS,
+        learning_rate=DEMO_LEARNING_RATE,
+        argv=sys.argv[1:],
+    )
+    bar = ProgressBar()
+    try:
+        result = run_finetune(request, bar)
+    finally:
+        bar.close()
+    print()
+    print_summary(result)
+    formal = result["output"]["formal_dice"]
+    if "pretrained" in formal and "finetuned" in formal:
+        for class_id in formal["pretrained"]["per_class"]:
+            before, after = formal["pretrained"]["per_class"][class_id], formal["finetuned"]["per_class"][class_id]
+            name = "unknown" if before is None else f"{before:.3f}"
+            print(f"  class {class_id}: formal Dice {name} -> {'-' if after is None else f'{after:.3f}'}")
+    print(f"output.json: {out_dir / 'run' / 'output.json'}")
+    return 0 if result["status"] == "completed" else 1
+
+
+def parse_patch(text: str) -> list[int]:
+    """``--patch-size '[128,128,128]'`` (or a single number for a cube)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON; write it like '[128,128,128]'") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value] * 3
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(x, int) and x >= 16 for x in value)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three integers >= 16")
+    return value
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Finetune the bundle on a dataset; write RUN_DIR/output.json."""
+    from .finetune import FinetuneRequest, run_finetune
+    from .progress import ProgressBar
+
+    dataset_dir = args.dataset_dir or args.dataset
+    request = FinetuneRequest(
+        output_dir=Path(args.output_dir),
+        dataset_dir=Path(dataset_dir) if dataset_dir else None,
+        datalist=Path(args.datalist) if args.datalist else None,
+        bundle_dir=Path(args.bundle_dir) if args.bundle_dir else None,
+        target_anatomy=args.target_anatomy,
+        label_mapping=args.label_mapping,
+        patch_size=args.patch_size,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        cache_rate=args.cache_rate,
+        smoke=args.smoke,
+        sanity=args.sanity,
+        auto_seg=args.auto_seg,
+        skip_formal_eval=args.skip_formal_eval,
+        formal_eval=args.formal_eval,
+        config_overrides=[Path(p) for p in args.config_override],
+        device=args.device,
+        resume=args.resume,
+        skip_review=args.skip_review,
+        argv=sys.argv[1:],
+    )
+    bar = ProgressBar()
+    try:
+        result = run_finetune(request, bar)
+    finally:
+        bar.close()
+    print_summary(result)
+    return 0 if result["status"] == "completed" else 1
+
+
+def print_summary(result: dict) -> None:
+    """A few lines a person reads after a finetune."""
+    out = result["output"]
+
+    def score(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    print(f"run: {result['runtime']['log_path'].rsplit('/logs/', 1)[0]} ({result['status']})")
+    if result["error"]:
+        print(f"error: {result['error']}")
+    mapping = ", ".join(f"{a}->{b}" for a, b in result["input"]["label_mappings"]["default"])
+    print(f"label mapping (label value -> VISTA3D id): {mapping}")
+    print(f"training-time validation Dice per epoch: {', '.join(score(v) for v in out['val_dice_per_epoch'])}")
+    if out["formal_eval_enabled"]:
+        print(
+            f"formal Dice (original spacing): pretrained {score(out['formal_pretrained_val_dice'])} -> "
+            f"finetuned {score(out['formal_finetuned_val_dice'])}"
+        )
+    print(f"finetuned checkpoint equals pretrained weights: {out['finetuned_ckpt_matches_pretrained_weights']}")
+    print(f"recommended checkpoint: {out['recommended']} ({out['recommended_ckpt']})")
+    for reason in out["decision_rationale"]:
+        print(f"  - {reason}")
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    """List or search the bundle's classes; suggest ids for free-text names."""
+    bundle = Path(args.bundle_dir) if args.bundle_dir else tiny_bundle.TEMPLATE_DIR
+    catalog = LabelCatalog.from_bundle(bundle)
+    if args.resolve:
+        for text in args.resolve:
+            class_id = catalog.resolve(text)
+            print(f"{text!r} -> {class_id}: {catalog.name(class_id)}")
+        return 0
+    query = " ".join(args.query)
+    found = catalog.search(query)
+    for item in found:
+        print(item)
+    if not found:
+        suggestions = ", ".join(str(c) for c, _ in catalog.suggest(query)) or "none"
+        print(f"no class matches {query!r}; similar: {suggestions}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """Review a run (pretrained vs finetuned) or any two prediction folders against ground truth."""
+    from .review import review_predictions, review_run
+
+    if args.run_dir:
+        if args.pred_a or args.pred_b or args.ground_truth:
+            raise UserError("review: give RUN_DIR, or --pred-a/--pred-b/--ground-truth with --output-dir, not both")
+        result = review_run(Path(args.run_dir).absolute(), args.tolerance_mm)
+    else:
+        if not (args.pred_a and args.pred_b and args.ground_truth and args.output_dir):
+            raise UserError("review: --pred-a, --pred-b, --ground-truth and --output-dir go together")
+        out_dir = Path(args.output_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise UserError(f"{out_dir}: the folder is not empty; choose a new --output-dir")
+        result = review_predictions(
+            Path(args.pred_a), Path(args.pred_b), Path(args.ground_truth), out_dir,
+            images=Path(args.images) if args.images else None, names=tuple(args.names), tolerance_mm=args.tolerance_mm,
+        )  # fmt: skip
+    print(f"metrics: {result['metrics_csv']}")
+    print(f"summary: {result['summary_csv']}")
+    print(f"report:  {result['html']} ({len(result['pictures'])} pictures)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Audit a finished run folder tier by tier; exit 0 only if every tier passes."""
+    from .verify import RunRecord, format_results, verify_record
+
+    run = RunRecord(Path(args.run_dir))
+    if run.recorded_dir != run.run_dir:
+        print(f"note: the run was recorded in {run.recorded_dir}; its files are read from {run.run_dir}")
+    results = verify_record(run)
+    for line in format_results(results):
+        print(line)
+    return 0 if all(result.ok for result in results) else 1
+
+
+def cmd_bundle_download(args: argparse.Namespace) -> int:
+    """Download a VISTA3D bundle (pinned version) and record its weights' SHA-256."""
+    from .bundle_source import bundle_info, download_bundle, format_info
+
+    bundle = download_bundle(args.name, Path(args.dir), args.version, log=lambda m: print(m, file=sys.stderr))
+    for line in format_info(bundle_info(bundle)):
+        print(line)
+    print(f"use it with: vista-finetune finetune ... --bundle-dir {bundle}")
+    return 0
+
+
+def cmd_bundle_info(args: argparse.Namespace) -> int:
+    """Describe a bundle folder (reads only)."""
+    from .bundle_source import bundle_info, format_info
+
+    info = bundle_info(Path(args.dir))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for line in format_info(info):
+            print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vista-finetune", description="Finetune the MONAI VISTA3D bundle on your CT data."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synthetic", help="write a synthetic CT-like dataset")
+    synth.add_argument("out_dir")
+    synth.add_argument("--cases", type=int, default=8)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--micro", action="store_true", help="small volumes for smoke runs")
+    synth.set_defaults(handler=cmd_synthetic)
+
+    tiny = commands.add_parser("tiny-bundle", help="build the tiny reference bundle and print its folder")
+    tiny.add_argument("--cache-dir", help="where built bundles are kept (default: ~/.cache/vistafinetune)")
+    tiny.set_defaults(handler=cmd_tiny_bundle)
+
+    finetune = commands.add_parser("finetune", help="finetune the bundle on a dataset and write RUN_DIR/output.json")
+    finetune.add_argument("dataset", nargs="?", help="dataset folder with imagesTr/ and labelsTr/")
+    finetune.add_argument("--output-dir", required=True, help="the run folder (must be new unless --resume)")
+    finetune.add_argument("--smoke", action="store_true", help="wiring check: micro synthetic data, 2 epochs")
+    finetune.add_argument("--sanity", action="store_true", help="MSD Task06 lung tumour recipe of the seed skill")
+    finetune.add_argument("--auto-seg", action="store_true", help="train class prompts only (no point prompts)")
+    finetune.add_argument("--dataset-dir", help="dataset folder (same as DATASET); base of a datalist's paths")
+    finetune.add_argument("--datalist", help="datalist JSON: training items with image, label and fold")
+    finetune.add_argument("--target-anatomy", help="VISTA3D class for the single label value, by name")
+    finetune.add_argument("--label-mapping", help="JSON pairs [[label value, VISTA3D id], ...]")
+    finetune.add_argument("--patch-size", type=parse_patch, help="training patch, e.g. '[128,128,128]'")
+    finetune.add_argument("--epochs", type=int)
+    finetune.add_argument("--learning-rate", type=float)
+    finetune.add_argument("--cache-rate", type=float)
+    finetune.add_argument("--skip-formal-eval", action="store_true", help="skip evaluate.json before and after")
+    finetune.add_argument("--formal-eval", action="store_true", help="with --smoke: run the formal evaluations")
+    finetune.add_argument("--bundle-dir", help="bundle folder (default: the tiny reference bundle)")
+    finetune.add_argument("--config-override", action="append", default=[], help="JSON file stacked last")
+    finetune.add_argument("--device", help="cuda:0, cuda:N or cpu (default: cuda:0 when available)")
+    finetune.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    finetune.add_argument("--skip-review", action="store_true", help="no review after the formal evaluations")
+    finetune.set_defaults(handler=cmd_finetune)
+
+    labels = commands.add_parser("labels", help="list, search or resolve the bundle's class names")
+    labels.add_argument("query", nargs="*", help="words to search for (none: list all)")
+    labels.add_argument("--resolve", action="append", help="resolve a free-text name to one id (repeatable)")
+    labels.add_argument("--bundle-dir", help="bundle folder (default: the tiny reference bundle's CT table)")
+    labels.set_defaults(handler=cmd_labels)
+
+    review = commands.add_parser("review", help="per-case/per-class metrics, pictures and an HTML report")
+    review.add_argument("run_dir", nargs="?", help="a finished finetune run (pretrained vs finetuned)")
+    review.add_argument("--pred-a", help="first prediction folder (<case>.nii.gz or <case>/<case>_trans.nii.gz)")
+    review.add_argument("--pred-b", help="second prediction folder")
+    review.add_argument("--ground-truth", help="ground-truth label folder, in the predictions' class ids")
+    review.add_argument("--images", help="CT folder for the pictures (optional)")
+    review.add_argument("--names", nargs=2, default=["a", "b"], metavar=("A", "B"), help="names of the two sets")
+    review.add_argument("--output-dir", help="where the review goes (with --pred-a/--pred-b)")
+    review.add_argument("--tolerance-mm", type=float, default=2.0, help="normalized surface Dice tolerance")
+    review.set_defaults(handler=cmd_review)
+
+    verify = commands.add_parser("verify", help="audit a finished run folder (CPU only); exit 0 if every tier passes")
+    verify.add_argument("run_dir", help="the run folder holding output.json")
+    verify.set_defaults(handler=cmd_verify)
+
+    bundle = commands.add_parser("bundle", help="download a VISTA3D bundle or describe a bundle folder")
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
+    download = bundle_commands.add_parser("download", help="download a bundle and checksum its weights")
+    download.add_argument("--name", required=True, choices=list(BUNDLE_SOURCES))
+    download.add_argument("--version", help="bundle version (vista3d) or Hugging Face revision (default: pinned)")
+    download.add_argument("--dir", required=True, help="parent folder; the bundle goes to DIR/NAME")
+    download.set_defaults(handler=cmd_bundle_download)
+    info = bundle_commands.add_parser("info", help="describe a bundle folder: configs, weights, labels, monai")
+    info.add_argument("dir", help="the bundle folder")
+    info.add_argument("--json", action="store_true", help="print the description as JSON")
+    info.set_defaults(handler=cmd_bundle_info)
+
+    demo = commands.add_parser("demo", help="run the embedded demo on synthetic data")
+    demo.add_argument("--output-dir", help="default: runs/demo-<date>-<time>")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
