@@ -57,7 +57,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"Synthetic CT dataset: {DEMO_CASES} cases in {out_dir / 'dataset'} (label 1 = {known[0]}, 2 = {untaught[0]})"
     )
-    print(f"Finetuning with label mapping [[1, {known[1]}], [2, {untaught[1]}]] through the real bundle ...")
+    print(
+        f"Finetuning (class prompts) with label mapping [[1, {known[1]}], [2, {untaught[1]}]] through the real bundle ..."
+    )
     request = FinetuneRequest(
         output_dir=out_dir / "run",
         dataset_dir=out_dir / "dataset",
@@ -65,6 +67,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         label_mapping=json.dumps([[1, known[1]], [2, untaught[1]]]),
         epochs=DEMO_EPOCHS,
         learning_rate=DEMO_LEARNING_RATE,
+        auto_seg=True,  # class prompts only: what the formal evaluation scores
         argv=sys.argv[1:],
     )
     bar = ProgressBar()
