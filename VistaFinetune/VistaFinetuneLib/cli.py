@@ -57,9 +57,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"Synthetic CT dataset: {DEMO_CASES} cases in {out_dir / 'dataset'} (label 1 = {known[0]}, 2 = {untaught[0]})"
     )
-    print(
-        f"Finetuning (class prompts) with label mapping [[1, {known[1]}], [2, {untaught[1]}]] through the real bundle ..."
-    )
+    print(f"Finetuning (class prompts) with label mapping [[1, {known[1]}], [2, {untaught[1]}]] through the bundle ...")
     request = FinetuneRequest(
         output_dir=out_dir / "run",
         dataset_dir=out_dir / "dataset",
