@@ -210,6 +210,8 @@ def test_bad_dataset_files_are_named_and_refused(problem, user_dataset, capsys, 
         (["--target-anatomy", "left kidney"], "3 foreground values"),
         (["--target-anatomy", "vertebrae"], "ambiguous"),
         (["--target-anatomy", "flux capacitor"], "unknown"),
+        (["--label-mapping", SMOKE_MAPPING, "--epochs", "0"], "at least one epoch"),
+        (["--label-mapping", SMOKE_MAPPING, "--cache-rate", "1.5"], "between 0 and 1"),
         ([], "no label mapping"),
     ],
 )

@@ -272,6 +272,16 @@ def run_phase(
     return record
 
 
+def check_numbers(request: FinetuneRequest) -> None:
+    """Refuse numeric flags the bundle cannot run with."""
+    if request.epochs is not None and request.epochs < 1:
+        raise UserError(f"--epochs {request.epochs}: train for at least one epoch")
+    if request.learning_rate is not None and request.learning_rate < 0:
+        raise UserError(f"--learning-rate {request.learning_rate}: must not be negative")
+    if request.cache_rate is not None and not 0.0 <= request.cache_rate <= 1.0:
+        raise UserError(f"--cache-rate {request.cache_rate}: a fraction between 0 and 1")
+
+
 def flag_or_preset(value, preset, preset_on: bool):
     """A caller's flag wins (0 included); else the preset's value when the preset is on; else None (the bundle's)."""
     if value is not None:
@@ -342,6 +352,7 @@ def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
     for path in request.config_overrides:
         if not path.is_file():
             raise UserError(f"{path}: --config-override file not found")
+    check_numbers(request)
     catalog = LabelCatalog.from_bundle(bundle_dir)
     cases, datalist, source = load_cases(request, run_dir)
     audit = dataset.audit_cases(cases)

@@ -17,10 +17,10 @@ def format_seconds(seconds: float | None) -> str:
 class ProgressBar:
     """Draws ``train [#####-----] epoch e/E iter i/I loss x Dice y ETA mm:ss`` on one line."""
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 24) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, width: int = 24) -> None:
+        self.stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         self.width = width
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.last = ""
         self.last_milestone: tuple = ()
 
