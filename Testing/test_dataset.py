@@ -194,8 +194,6 @@ def test_audit_numbers_match_the_files(phantoms):
             assert result.label_volumes_ml[value] == pytest.approx(voxels * np.prod(spacing) / 1000.0, rel=1e-5)
         assert (result.hu_p1, result.hu_p50, result.hu_p99) == pytest.approx(np.percentile(image, [1, 50, 99]))
         assert result.looks_like_ct and result.warnings == []
-    assert audit.cases_with(2) == [case.name for case in audit.cases if case.label_voxels.get(2)]
-    assert audit.cases_with(9) == []
     as_json = json.loads(json.dumps(audit.to_json()))
     assert as_json["label_values"] == [1, 2, 3]
     assert as_json["cases"][0]["label_voxels"] == {str(k): v for k, v in audit.cases[0].label_voxels.items()}

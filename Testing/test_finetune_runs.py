@@ -36,6 +36,8 @@ def test_full_run_writes_a_valid_output_with_every_phase(smoke_run, smoke_run_di
     out = result["output"]
     assert len(out["val_dice_per_epoch"]) == 3  # epoch 0 (pretrained) + 2 epochs
     assert out["training_start_val_dice"] == out["val_dice_per_epoch"][0]
+    best_epoch = out["training_best_epoch_index"]
+    assert out["val_dice_per_epoch"][best_epoch] == pytest.approx(out["training_best_val_dice"], abs=1e-4)
     for which in ("pretrained", "finetuned"):
         formal = out["formal_dice"][which]
         assert set(formal["per_class"]) == {"1", "3", "14"}  # every mapped class counts
@@ -97,6 +99,7 @@ def test_a_finetune_that_cannot_beat_the_start_recommends_the_pretrained_model(t
     assert out["recommended_ckpt"] == str(tiny_bundle_dir / "models" / "model.pt")
     assert out["formal_eval_enabled"] is False and out["formal_pretrained_val_dice"] is None
     assert "epoch-0 trap" in out["decision_rationale"][0]
+    assert out["training_best_epoch_index"] == 0  # the bundle's own record: the best epoch is the pretrained one
 
 
 # --- resume --------------------------------------------------------------------------------------------------------

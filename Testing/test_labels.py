@@ -248,3 +248,10 @@ def test_name_of_known_background_and_unknown_ids(ct):
     assert ct.name(14) == "left kidney"
     assert ct.name(0) == "background"
     assert ct.name(200) == "class 200 (not in the table)"
+
+
+def test_labels_command_lists_free_ids_as_ranges(capsys):
+    from VistaFinetuneLib.cli import main
+
+    assert main(["labels", "--free"]) == 0
+    assert capsys.readouterr().out.strip() == "122 ids the table leaves free for new structures: 133..254"

@@ -139,10 +139,6 @@ class DatasetAudit:
     cases: list[CaseAudit]
     label_values: list[int]
 
-    def cases_with(self, value: int) -> list[str]:
-        """Names of the cases whose label holds ``value``."""
-        return [case.name for case in self.cases if case.label_voxels.get(value, 0) > 0]
-
     def to_json(self) -> dict:
         """A JSON-ready dict (label values become string keys)."""
         cases = []

@@ -488,7 +488,8 @@ def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
     ft = formal_scores.get("eval_finetuned")
     start = trace.start_dice
     best = max(trace.val_dice_per_epoch) if trace.val_dice_per_epoch else None
-    best_epoch = max(trace.val_dice_by_epoch, key=lambda k: (trace.val_dice_by_epoch[k], -k)) if best else None
+    # The bundle's own "Key metric ... at epoch: N" names the epoch model_finetune.pt holds (0: the pretrained).
+    best_epoch = trace.best_epoch
     comparison = comparisons.get("model_finetune.pt")
     if failed:
         recommended, rationale = None, [failed]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -359,8 +358,3 @@ def html_report(
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text("\n".join(parts), encoding="utf-8")
     return out_html
-
-
-def external_references(page: str) -> list[str]:
-    """``src``/``href`` values of ``page`` that are not embedded data URIs (a self-contained page has none)."""
-    return [m for m in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page) if not m.startswith("data:")]
