@@ -4,8 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RES := VistaFinetune/Resources
 STAMP := $(VENV)/.installed
+# A second job environment with the newest MONAI (>= 1.5) and numpy 2, for the compatibility-override test.
+NEWEST := .venv-newest-monai
+NEWEST_PY := $(NEWEST)/bin/python
+NEWEST_STAMP := $(NEWEST)/.installed
 
-.PHONY: demo test test-fast lint clean
+.PHONY: demo test test-fast test-newest-monai lint clean
 
 $(STAMP): $(RES)/requirements-torch.txt $(RES)/requirements.txt $(RES)/requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +28,21 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	$(PY) -m pytest -m unit
 
+# The tiny bundle comes from .venv (its build key includes the monai version, so the second env must not rebuild it).
+$(NEWEST_STAMP): pyproject.toml Makefile
+	test -x $(NEWEST_PY) || $(PYTHON) -m venv $(NEWEST)
+	$(NEWEST_PY) -m pip install --quiet --upgrade pip
+	$(NEWEST_PY) -m pip install --quiet torch==2.13.0
+	$(NEWEST_PY) -m pip install --quiet "monai>=1.5" "numpy>=2" nibabel scipy pytorch-ignite einops fire PyYAML jsonschema matplotlib pytest
+	$(NEWEST_PY) -m pip install --quiet --no-deps -e .
+	touch $(NEWEST_STAMP)
+
+test-newest-monai: $(STAMP) $(NEWEST_STAMP)
+	VISTAFINETUNE_TINY_BUNDLE="$$($(VENV)/bin/vista-finetune tiny-bundle)" \
+		$(NEWEST_PY) -m pytest -m newest_monai Testing/test_newest_monai.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(NEWEST)

@@ -450,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print the states as JSON")
     listing.set_defaults(handler=cmd_jobs_list)
 
-    env = commands.add_parser("env", help="describe a job environment and check the bundle's requirements")
+    env = commands.add_parser(
+        "env", help="describe a job environment and check the bundle's requirements (exit 1: not met)"
+    )
     env.add_argument("--python", help="the interpreter to probe (default: this one)")
     env.add_argument("--json", action="store_true", help="print the description as JSON")
     env.set_defaults(handler=cmd_env)

@@ -31,7 +31,8 @@ def compatibility_overrides(monai_version: str | None) -> tuple[dict, list[str]]
     if monai_version is None or monai_version_tuple(monai_version) < (1, 5):
         return {}, []
     overrides = {
-        "+imports": ["$import VistaFinetuneLib.compat"],
+        # MONAI binds ``import a.b`` to the name "a.b", so the package is imported under its own name first.
+        "+imports": ["$import VistaFinetuneLib", "$import VistaFinetuneLib.compat"],
         "train#trainer#loss_function": "$VistaFinetuneLib.compat.FloatTargetLoss(@loss)",
     }
     return overrides, [FLOAT_TARGET_LOSS]
