@@ -14,6 +14,7 @@ from conftest import INJECTION, SMOKE_MAPPING, tree_digest
 
 from VistaFinetuneLib import synthetic
 from VistaFinetuneLib.cli import main
+from VistaFinetuneLib.jobs import poll_job
 from VistaFinetuneLib.schema import schema_errors
 
 pytestmark = pytest.mark.e2e
@@ -254,3 +255,24 @@ def test_incomplete_bundles_and_used_run_dirs_are_refused(user_dataset, capsys, 
     code = main(["finetune", "--smoke", "--bundle-dir", str(tiny_bundle_dir), "--output-dir", str(used)])
     assert code == 2 and "already holds files" in capsys.readouterr().err
     assert (used / "output.json").read_text() == "{}"
+
+
+# --- running elsewhere ---------------------------------------------------------------------------------------------
+
+
+def test_prepare_only_stages_a_run_that_resume_then_runs(tiny_bundle_dir, tmp_path, capsys):
+    run_dir = tmp_path / "prepared run"
+    code = main(
+        ["finetune", "--smoke", "--skip-formal-eval", "--skip-review", "--prepare-only",
+         "--bundle-dir", str(tiny_bundle_dir), "--output-dir", str(run_dir)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "sbatch" in printed and "--resume" in printed
+    assert not (run_dir / "output.json").exists() and not (run_dir / "logs" / "train.log").exists()
+    for script in ("run_commands.sh", "slurm.sbatch"):
+        assert subprocess.run(["bash", "-n", str(run_dir / script)]).returncode == 0
+    args = json.loads((run_dir / "configs" / "train_args.json").read_text())
+    assert all(os.path.isfile(path) for path in args["config_file"])
+    assert main(["finetune", "--resume", "--output-dir", str(run_dir)]) == 0
+    assert load_output(run_dir)["status"] == "completed"
+    assert poll_job(run_dir).state == "completed"  # what the panel sees of a run done elsewhere

@@ -124,6 +124,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         device=args.device,
         resume=args.resume,
         skip_review=args.skip_review,
+        prepare_only=args.prepare_only,
         argv=sys.argv[1:],
     )
     bar = ProgressBar()
@@ -131,6 +132,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         result = run_finetune(request, bar)
     finally:
         bar.close()
+    if result["status"] == "prepared":
+        print(f"prepared {result['run_dir']}; run it elsewhere (same paths) with:")
+        for name, command in result["commands"].items():
+            print(f"  [{name}] {command}")
+        return 0
     print_summary(result)
     return 0 if result["status"] == "completed" else 1
 
@@ -391,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--config-override", action="append", default=[], help="JSON file stacked last")
     finetune.add_argument("--device", help="cuda:0, cuda:N or cpu (default: cuda:0 when available)")
     finetune.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    finetune.add_argument("--prepare-only", action="store_true", help="stage the run and print commands to run it")
     finetune.add_argument("--skip-review", action="store_true", help="no review after the formal evaluations")
     finetune.set_defaults(handler=cmd_finetune)
 

@@ -29,6 +29,7 @@ from .gpu_monitor import GpuMemoryMonitor
 from .labels import LabelCatalog
 from .mapping import check_mapping, mapping_for_anatomy, parse_mapping
 from .plan import Plan, make_plan
+from .remote_run import write_remote_files
 from .review import review_run
 from .run_files import read_json, write_json_atomic
 from .schema import validate_output
@@ -75,6 +76,7 @@ class FinetuneRequest:
     config_overrides: list[Path] = field(default_factory=list)
     device: str | None = None
     resume: bool = False
+    prepare_only: bool = False
     argv: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -430,6 +432,7 @@ def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
         "label_mapping": json.dumps(mapping),
         "target_anatomy": None,
         "resume": False,
+        "prepare_only": False,
     }
     previous = read_json(run_dir / "run.json") if request.resume else {}
     write_json_atomic(
@@ -443,6 +446,25 @@ def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
             "config_stacks": {k: [str(p) for p in v] for k, v in stacks.items()},
         },
     )
+
+    if request.prepare_only:
+        runs = {
+            name: BundleRun(
+                bundle_dir,
+                stack,
+                run_dir,
+                run_dir / "logs" / f"{name}.log",
+                run_dir / "configs" / f"{name}_args.json",
+                nproc_per_node=plan.nproc_per_node if name == "train" else 1,
+            )  # fmt: skip
+            for name, stack in stacks.items()
+            if formal or name == "train"
+        }
+        return {
+            "status": "prepared",
+            "run_dir": str(run_dir),
+            "commands": write_remote_files(run_dir, runs, plan.nproc_per_node),
+        }
 
     status = StatusWriter(run_dir, progress)
     done = previous.get("phases_done", []) if request.resume else []
