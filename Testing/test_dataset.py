@@ -149,14 +149,28 @@ def test_datalist_paths_relative_to_dataset_dir_or_datalist_folder_or_absolute(p
         (json.dumps(["imagesTr/case_000.nii.gz"]), 'no "training" list'),
         (json.dumps({"training": [{"image": "imagesTr/case_000.nii.gz"}]}), 'item 0 has no "label" path'),
         (json.dumps({"training": ["imagesTr/case_000.nii.gz"]}), "item 0 is not an object"),
-        (json.dumps({"training": [{"image": "imagesTr/nope.nii.gz", "label": "labelsTr/case_000.nii.gz"}]}),
-         r"imagesTr/nope\.nii\.gz does not exist"),
-        (json.dumps({"training": [{"image": "imagesTr/case_000.nii.gz", "label": "labelsTr/case_000.nii.gz",
-                                   "fold": "1"}]}), "fold '1'; a fold must be an integer"),
-        (json.dumps({"training": [{"image": "imagesTr/case_000.nii.gz", "label": "labelsTr/case_000.nii.gz",
-                                   "fold": 1.5}]}), "fold must be an integer"),
-        (json.dumps({"training": [{"image": "imagesTr/case_000.nii.gz", "label": "labelsTr/case_000.nii.gz",
-                                   "fold": True}]}), "fold must be an integer"),
+        (
+            json.dumps({"training": [{"image": "imagesTr/nope.nii.gz", "label": "labelsTr/case_000.nii.gz"}]}),
+            r"imagesTr/nope\.nii\.gz does not exist",
+        ),
+        (
+            json.dumps(
+                {"training": [{"image": "imagesTr/case_000.nii.gz", "label": "labelsTr/case_000.nii.gz", "fold": "1"}]}
+            ),
+            "fold '1'; a fold must be an integer",
+        ),
+        (
+            json.dumps(
+                {"training": [{"image": "imagesTr/case_000.nii.gz", "label": "labelsTr/case_000.nii.gz", "fold": 1.5}]}
+            ),
+            "fold must be an integer",
+        ),
+        (
+            json.dumps(
+                {"training": [{"image": "imagesTr/case_000.nii.gz", "label": "labelsTr/case_000.nii.gz", "fold": True}]}
+            ),
+            "fold must be an integer",
+        ),
     ],
 )
 def test_datalist_errors_name_the_file_and_the_problem(phantoms, tmp_path, content, message):
@@ -287,8 +301,10 @@ def test_empty_label_is_a_warning(tmp_path):
 
 
 def cases_named(count: int) -> list[Case]:
-    return [Case(f"c{i:02d}", Path(f"/d/imagesTr/c{i:02d}.nii.gz"), Path(f"/d/labelsTr/c{i:02d}.nii.gz"))
-            for i in range(count)]
+    return [
+        Case(f"c{i:02d}", Path(f"/d/imagesTr/c{i:02d}.nii.gz"), Path(f"/d/labelsTr/c{i:02d}.nii.gz"))
+        for i in range(count)
+    ]
 
 
 def test_fold_assignment_is_deterministic_and_seed_dependent():

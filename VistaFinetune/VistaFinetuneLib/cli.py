@@ -37,10 +37,21 @@ def cmd_tiny_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_with_progress(request) -> dict:
+    """Run a finetune request with the progress bar on stderr."""
+    from .finetune import run_finetune
+    from .progress import ProgressBar
+
+    bar = ProgressBar()
+    try:
+        return run_finetune(request, bar)
+    finally:
+        bar.close()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default job: teach the tiny pretrained VISTA3D a structure it does not know, and judge it."""
-    from .finetune import FinetuneRequest, run_finetune
-    from .progress import ProgressBar
+    from .finetune import FinetuneRequest
 
     out_dir = Path(args.output_dir or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -68,11 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         auto_seg=True,  # class prompts only: what the formal evaluation scores
         argv=sys.argv[1:],
     )
-    bar = ProgressBar()
-    try:
-        result = run_finetune(request, bar)
-    finally:
-        bar.close()
+    result = run_with_progress(request)
     print()
     print_summary(result)
     formal = result["output"]["formal_dice"]
@@ -100,8 +107,7 @@ def parse_patch(text: str) -> list[int]:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune the bundle on a dataset; write RUN_DIR/output.json."""
-    from .finetune import FinetuneRequest, run_finetune
-    from .progress import ProgressBar
+    from .finetune import FinetuneRequest
 
     dataset_dir = args.dataset_dir or args.dataset
     request = FinetuneRequest(
@@ -127,11 +133,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         prepare_only=args.prepare_only,
         argv=sys.argv[1:],
     )
-    bar = ProgressBar()
-    try:
-        result = run_finetune(request, bar)
-    finally:
-        bar.close()
+    result = run_with_progress(request)
     if result["status"] == "prepared":
         print(f"prepared {result['run_dir']}; run it elsewhere (same paths) with:")
         for name, command in result["commands"].items():

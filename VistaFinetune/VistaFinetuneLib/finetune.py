@@ -21,6 +21,7 @@ from pathlib import Path
 from . import __version__, checkpoints, dataset, environment, staging, synthetic, tiny_bundle
 from .bundle_log import TrainingTrace
 from .bundle_runner import BundleRun, run_bundle
+from .bundle_source import sha256_file
 from .compat import compatibility_overrides, installed_monai
 from .errors import UserError
 from .formal_dice import METHOD as FORMAL_DICE_METHOD
@@ -95,14 +96,6 @@ class FinetuneRequest:
 Progress = Callable[[dict], None]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_bundle(bundle_dir: Path, formal: bool) -> dict:
     """The bundle must have the configs the phases use and its pretrained weights; describe it."""
     if not bundle_dir.is_dir():
@@ -133,7 +126,7 @@ def check_bundle(bundle_dir: Path, formal: bool) -> dict:
         "name": name if metadata.is_file() else bundle_dir.name,
         "version": None if version is None else str(version),
         "configs_sha256": configs.hexdigest(),
-        "weights_sha256": None,
+        "weights_sha256": sha256_file(weights),
     }
 
 
