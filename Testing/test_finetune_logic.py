@@ -1,6 +1,7 @@
 """The finetune engine's decisions, on hand-made inputs: mapping, plan, log reading, formal Dice, verdict."""
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -250,3 +251,33 @@ def test_compatibility_override_only_from_monai_1_5_and_it_casts_bool_targets():
     loss = DiceCELoss(sigmoid=True, squared_pred=True)
     prediction, target = torch.randn(1, 1, 4, 4, 4), torch.rand(1, 1, 4, 4, 4) > 0.5
     assert torch.isclose(FloatTargetLoss(loss)(prediction, target), loss(prediction, target.float()))
+
+
+# --- environment ---------------------------------------------------------------------------------------------------
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+# Stand-in for nvidia-smi: no GPU exists on the test machines.
+echo "0, NVIDIA H100 80GB HBM3, 81559, 80000"
+echo "1, NVIDIA H100 80GB HBM3, 81559, 12000"
+"""
+
+
+def test_environment_reads_gpus_from_nvidia_smi_without_importing_torch(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import torch
+
+    from VistaFinetuneLib import environment
+
+    assert environment.torch_cuda_build() == torch.version.cuda  # read from torch/version.py
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(FAKE_NVIDIA_SMI)
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert [g["free_mb"] for g in environment.visible_gpus()] == [80000, 12000]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert [(g["index"], g["free_mb"]) for g in environment.visible_gpus()] == [(1, 12000)]
+    code = "import sys; from VistaFinetuneLib import environment; environment.probe(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -1,14 +1,20 @@
 """What the job process runs on: Python, torch and CUDA, GPUs and their memory, host RAM, package versions.
 
-Imports torch when called (a job process), never at module import.
+Nothing here imports torch: versions come from package metadata, GPUs from ``nvidia-smi``.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 PACKAGES = ("torch", "monai", "numpy", "pytorch-ignite", "nibabel", "scipy", "einops")
 
@@ -32,22 +38,58 @@ def host_ram_mb() -> int:
         return 0
 
 
+def torch_cuda_build() -> str | None:
+    """The CUDA version torch was built for (None: a CPU build or no torch), read without importing torch."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    version_file = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    if not version_file.is_file():
+        return None
+    match = re.search(r"^cuda\b[^=]*=\s*(.+)$", version_file.read_text(), flags=re.MULTILINE)
+    try:
+        return ast.literal_eval(match.group(1)) if match else None
+    except (ValueError, SyntaxError):
+        return None
+
+
+def visible_gpus() -> list[dict]:
+    """GPUs as ``nvidia-smi`` sees them, limited to ``CUDA_VISIBLE_DEVICES`` when that lists indices.
+
+    Asking nvidia-smi rather than torch keeps the job's own process free of a CUDA context (hundreds of MB of
+    GPU memory that the training child would otherwise lose).
+    """
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        output = subprocess.run(
+            [smi, "--query-gpu=index,name,memory.total,memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in output.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) == 4 and fields[0].isdigit() and fields[2].isdigit() and fields[3].isdigit():
+            gpus.append(
+                {"index": int(fields[0]), "name": fields[1], "total_mb": int(fields[2]), "free_mb": int(fields[3])}
+            )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and all(part.strip().isdigit() for part in visible.split(",") if part.strip()):
+        order = [int(part) for part in visible.split(",") if part.strip()]
+        by_index = {gpu["index"]: gpu for gpu in gpus}
+        gpus = [by_index[i] for i in order if i in by_index]
+    return gpus
+
+
 def probe(device: str | None = None) -> dict:
     """The environment record of output.json (a superset of the seed skill's ``environment``)."""
-    import torch
-
-    gpus = []
-    if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
-            free, total = torch.cuda.mem_get_info(index)
-            gpus.append(
-                {
-                    "index": index,
-                    "name": torch.cuda.get_device_name(index),
-                    "total_mb": int(total / 2**20),
-                    "free_mb": int(free / 2**20),
-                }
-            )
+    cuda_build = torch_cuda_build()
+    gpus = visible_gpus() if cuda_build is not None else []
     chosen = device or ("cuda:0" if gpus else "cpu")
     first = gpus[0] if gpus else None
     return {
@@ -55,7 +97,7 @@ def probe(device: str | None = None) -> dict:
         "platform": platform.platform(),
         "executable": sys.executable,
         "packages": package_versions(),
-        "torch_cuda": torch.version.cuda,
+        "torch_cuda": cuda_build,
         "cuda_available": bool(gpus),
         "gpu_count": len(gpus),
         "gpu_name": first["name"] if first else "",
