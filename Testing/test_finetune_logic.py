@@ -1,5 +1,6 @@
 """The finetune engine's decisions, on hand-made inputs: mapping, plan, log reading, formal Dice, verdict."""
 
+import hashlib
 import json
 import os
 
@@ -281,3 +282,20 @@ def test_environment_reads_gpus_from_nvidia_smi_without_importing_torch(tmp_path
     assert [(g["index"], g["free_mb"]) for g in environment.visible_gpus()] == [(1, 12000)]
     code = "import sys; from VistaFinetuneLib import environment; environment.probe(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_check_bundle_reads_metadata_and_names_a_broken_file(tmp_path):
+    from VistaFinetuneLib.finetune import check_bundle
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "models").mkdir()
+    for name in ("train.json", "train_continual.json", "evaluate.json"):
+        (tmp_path / "configs" / name).write_text("{}")
+    (tmp_path / "models" / "model.pt").write_bytes(b"weights")
+    (tmp_path / "configs" / "metadata.json").write_text('{"name": "VISTA3D", "version": "0.5.4"}')
+    bundle = check_bundle(tmp_path, formal=True)
+    assert (bundle["name"], bundle["version"]) == ("VISTA3D", "0.5.4")
+    assert bundle["weights_sha256"] == hashlib.sha256(b"weights").hexdigest()
+    (tmp_path / "configs" / "metadata.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"metadata\.json: cannot read the bundle metadata"):
+        check_bundle(tmp_path, formal=True)

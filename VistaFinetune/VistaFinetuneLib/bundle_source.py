@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from .errors import UserError
 from .labels import LabelCatalog
+from .run_files import read_user_json
 
 WEIGHTS = "models/model.pt"
 HF_WEIGHTS = "vista3d_pretrained_model/model.pt"
@@ -244,13 +244,6 @@ def download_bundle(name: str, dest_dir: Path, version: str | None = None, log: 
     return final
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path}: cannot read ({error})") from error
-
-
 def _ctmr(bundle: Path, meta: dict) -> tuple[bool, str]:
     """Whether this is a CTMR bundle (its train/evaluate configs need ``image_key``), and why."""
     channel_def = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def")
@@ -260,7 +253,7 @@ def _ctmr(bundle: Path, meta: dict) -> tuple[bool, str]:
             return True, f"channel_def has {count} classes (> {CT_CLASSES})"
     label_dict = bundle / CONFIGS["label_dict"]
     if label_dict.is_file():
-        table = _read_json(label_dict)
+        table = read_user_json(label_dict, "label table")
         if isinstance(table, dict) and any(isinstance(v, dict) for v in table.values()):
             return True, "label_dict.json entries are objects (CTMR format)"
     return False, f"at most {CT_CLASSES} classes"
@@ -273,7 +266,7 @@ def bundle_info(bundle_dir: Path) -> dict:
         problem = "does not exist" if not bundle.exists() else "has no configs/ folder"
         raise UserError(f"{bundle}: not a MONAI bundle folder (it {problem})")
     meta_path = bundle / CONFIGS["metadata"]
-    meta = _read_json(meta_path) if meta_path.is_file() else {}
+    meta = read_user_json(meta_path, "bundle metadata") if meta_path.is_file() else {}
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: not a JSON object")
     weights = next((bundle / p for p in (WEIGHTS, HF_WEIGHTS) if (bundle / p).is_file()), None)
@@ -305,7 +298,7 @@ def bundle_info(bundle_dir: Path) -> dict:
         "ctmr": ctmr,
         "ctmr_reason": why,
         "image_key_needed": ctmr,
-        "download": _read_json(download) if download.is_file() else None,
+        "download": read_user_json(download, "download record") if download.is_file() else None,
     }
 
 

@@ -34,7 +34,7 @@ from .mapping import check_mapping, mapping_for_anatomy, parse_mapping
 from .plan import Plan, make_plan
 from .remote_run import write_remote_files
 from .review import review_run
-from .run_files import read_json, write_json_atomic
+from .run_files import read_json, read_user_json, write_json_atomic
 from .schema import validate_output
 
 DISCLAIMER = (
@@ -115,18 +115,14 @@ def check_bundle(bundle_dir: Path, formal: bool) -> dict:
     configs = hashlib.sha256()
     for path in sorted((bundle_dir / "configs").glob("*.json")):
         configs.update(path.name.encode() + path.read_bytes())
-    version = None
     metadata = bundle_dir / "configs" / "metadata.json"
-    if metadata.is_file():
-        try:
-            meta = json.loads(metadata.read_text())
-            version, name = meta.get("version"), meta.get("name")
-        except (json.JSONDecodeError, AttributeError):
-            raise UserError(f"{metadata}: not valid JSON") from None
+    meta = read_user_json(metadata, "bundle metadata") if metadata.is_file() else {}
+    if not isinstance(meta, dict):
+        raise UserError(f"{metadata}: the bundle metadata is not a JSON object")
     return {
         "path": str(bundle_dir),
-        "name": name if metadata.is_file() else bundle_dir.name,
-        "version": None if version is None else str(version),
+        "name": str(meta.get("name") or bundle_dir.name),
+        "version": None if meta.get("version") is None else str(meta["version"]),
         "configs_sha256": configs.hexdigest(),
         "weights_sha256": sha256_file(weights),
     }

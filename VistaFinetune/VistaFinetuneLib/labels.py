@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .run_files import read_user_json
 
 MAX_ID = 254  # 255 is the bundle's NaN/ignore value; new structures may use any free id up to this
 MIN_SUGGEST_SCORE = 0.5
@@ -66,14 +66,6 @@ def _similarity(query: tuple[str, ...], name: tuple[str, ...]) -> float:
     return max(ratio, matched / max(len(query), len(name)))
 
 
-def _read_json(path: Path) -> Any:
-    """Parsed JSON, or a UserError naming the file."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path}: cannot read the label table ({error})") from error
-
-
 def _channel_def_from_names(table: Any, path: Path) -> dict[str, str]:
     """``{name: id}`` or ``{name: {"index": id, ...}}`` turned into ``{"id": name}``."""
     if not isinstance(table, dict):
@@ -116,14 +108,16 @@ class LabelCatalog:
             raise UserError(f"{bundle_dir}: the bundle folder does not exist")
         metadata = bundle_dir / "configs" / "metadata.json"
         if metadata.is_file():
-            node: Any = _read_json(metadata)
+            node: Any = read_user_json(metadata, "label table")
             for key in ("network_data_format", "outputs", "pred", "channel_def"):
                 node = node.get(key) if isinstance(node, dict) else None
             if node is not None:
                 return cls.from_channel_def(node, str(metadata))
         for path in (bundle_dir / "configs" / "label_dict.json", bundle_dir / "docs" / "labels.json"):
             if path.is_file():
-                return cls.from_channel_def(_channel_def_from_names(_read_json(path), path), str(path))
+                return cls.from_channel_def(
+                    _channel_def_from_names(read_user_json(path, "label table"), path), str(path)
+                )
         raise UserError(
             f"{bundle_dir}: no label table found in the bundle folder (looked for the channel_def in "
             "configs/metadata.json, then configs/label_dict.json and docs/labels.json)"

@@ -1,4 +1,5 @@
-"""Files of a run directory that other processes read while the run goes on, written atomically."""
+"""JSON files: those of a run directory, written atomically for readers in other processes, and JSON the
+user or a bundle supplies, read with an error that names the file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -26,3 +29,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON file written by :func:`write_json_atomic`."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_user_json(path: Path, what: str = "JSON") -> Any:
+    """Parse a JSON file the user or a bundle supplies; a :class:`UserError` names the file when that fails."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: cannot read the {what} ({error})") from None
