@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from VistaFinetuneLib import synthetic, tiny_bundle
+from VistaFinetuneLib.bundle import tiny_bundle
+from VistaFinetuneLib.data import synthetic
 
 
 def tree_digest(root: Path) -> dict[str, str]:

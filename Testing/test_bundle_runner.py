@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from VistaFinetuneLib.bundle_runner import BundleRun, run_bundle
+from VistaFinetuneLib.bundle.runner import BundleRun, run_bundle
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import tree_digest
 
-from VistaFinetuneLib import bundle_source
-from VistaFinetuneLib.bundle_source import bundle_info, download_bundle
+from VistaFinetuneLib.bundle import source as bundle_source
+from VistaFinetuneLib.bundle.source import bundle_info, download_bundle
 from VistaFinetuneLib.cli import main
 from VistaFinetuneLib.errors import UserError
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from VistaFinetuneLib.config_text import is_inert, literal
+from VistaFinetuneLib.bundle.config_text import is_inert, literal
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from VistaFinetuneLib import synthetic
-from VistaFinetuneLib.dataset import (
+from VistaFinetuneLib.data import synthetic
+from VistaFinetuneLib.data.dataset import (
     Case,
     assign_folds,
     audit_cases,

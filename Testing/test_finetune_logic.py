@@ -8,19 +8,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from VistaFinetuneLib import staging
-from VistaFinetuneLib.bundle_log import TrainingTrace
-from VistaFinetuneLib.checkpoints import Comparison, compare_checkpoints
-from VistaFinetuneLib.dataset import Case
+from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.bundle.log import TrainingTrace
+from VistaFinetuneLib.bundle.tiny_bundle import TEMPLATE_DIR
+from VistaFinetuneLib.data.dataset import Case
+from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_mapping
 from VistaFinetuneLib.errors import UserError
-from VistaFinetuneLib.finetune import decide
-from VistaFinetuneLib.formal_dice import formal_dice
-from VistaFinetuneLib.labels import LabelCatalog
-from VistaFinetuneLib.mapping import check_mapping, mapping_for_anatomy, parse_mapping
-from VistaFinetuneLib.plan import make_plan, patch_for_memory
+from VistaFinetuneLib.finetune import staging
+from VistaFinetuneLib.finetune.checkpoints import Comparison, compare_checkpoints
+from VistaFinetuneLib.finetune.formal_dice import formal_dice
+from VistaFinetuneLib.finetune.pipeline import decide
+from VistaFinetuneLib.finetune.plan import make_plan, patch_for_memory
 from VistaFinetuneLib.progress import ProgressBar
 from VistaFinetuneLib.schema import schema_errors
-from VistaFinetuneLib.tiny_bundle import TEMPLATE_DIR
 
 pytestmark = pytest.mark.unit
 
@@ -239,12 +239,12 @@ def test_compatibility_override_only_from_monai_1_5_and_it_casts_bool_targets():
     import torch
     from monai.losses import DiceCELoss
 
-    from VistaFinetuneLib.compat import FloatTargetLoss, compatibility_overrides
+    from VistaFinetuneLib.bundle.compat import FloatTargetLoss, compatibility_overrides
 
     assert compatibility_overrides("1.4.0") == ({}, [])
     overrides, names = compatibility_overrides("1.6.1")
     assert names == ["float-target-loss"]
-    assert overrides["train#trainer#loss_function"] == "$VistaFinetuneLib.compat.FloatTargetLoss(@loss)"
+    assert overrides["train#trainer#loss_function"] == "$VistaFinetuneLib.bundle.compat.FloatTargetLoss(@loss)"
     seen = []
     wrapped = FloatTargetLoss(lambda prediction, target: seen.append(target.dtype) or torch.zeros(()))
     wrapped(torch.zeros(1, 1, 2, 2, 2), torch.ones(1, 1, 2, 2, 2, dtype=torch.bool))
@@ -285,7 +285,7 @@ def test_environment_reads_gpus_from_nvidia_smi_without_importing_torch(tmp_path
 
 
 def test_check_bundle_reads_metadata_and_names_a_broken_file(tmp_path):
-    from VistaFinetuneLib.finetune import check_bundle
+    from VistaFinetuneLib.finetune.pipeline import check_bundle
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "models").mkdir()

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import INJECTION, SMOKE_MAPPING, tree_digest
 
-from VistaFinetuneLib import synthetic
 from VistaFinetuneLib.cli import main
-from VistaFinetuneLib.jobs import poll_job
+from VistaFinetuneLib.data import synthetic
+from VistaFinetuneLib.jobs.control import poll_job
 from VistaFinetuneLib.schema import schema_errors
 
 pytestmark = pytest.mark.e2e

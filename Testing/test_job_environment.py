@@ -8,9 +8,10 @@ from importlib import metadata
 
 import pytest
 
-from VistaFinetuneLib import cli, job_environment
+from VistaFinetuneLib import cli
 from VistaFinetuneLib.errors import UserError
-from VistaFinetuneLib.job_environment import (
+from VistaFinetuneLib.jobs import environment as job_environment
+from VistaFinetuneLib.jobs.environment import (
     PROBE_PACKAGES,
     REQUIREMENTS,
     choose_cuda_build,

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from VistaFinetuneLib import jobs, processes
 from VistaFinetuneLib.cli import main
 from VistaFinetuneLib.errors import UserError
-from VistaFinetuneLib.job_supervisor import MARKER, JobFiles
+from VistaFinetuneLib.jobs import control as jobs
+from VistaFinetuneLib.jobs import processes
+from VistaFinetuneLib.jobs.supervisor import MARKER, JobFiles
 from VistaFinetuneLib.schema import load_schema, schema_errors
 
 pytestmark = pytest.mark.e2e

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from VistaFinetuneLib.bundle.labels import LabelCatalog, LabelClass
+from VistaFinetuneLib.bundle.tiny_bundle import TEMPLATE_DIR
 from VistaFinetuneLib.errors import UserError
-from VistaFinetuneLib.labels import LabelCatalog, LabelClass
-from VistaFinetuneLib.tiny_bundle import TEMPLATE_DIR
 
 pytestmark = pytest.mark.unit
 

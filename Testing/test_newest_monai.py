@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from VistaFinetuneLib.compat import FLOAT_TARGET_LOSS, installed_monai, monai_version_tuple
+from VistaFinetuneLib.bundle.compat import FLOAT_TARGET_LOSS, installed_monai, monai_version_tuple
 
 pytestmark = pytest.mark.newest_monai
 
@@ -34,7 +34,7 @@ def bundle_loss():
 def test_bool_target_crashes_without_the_override_and_not_with_it():
     import torch
 
-    from VistaFinetuneLib.compat import FloatTargetLoss
+    from VistaFinetuneLib.bundle.compat import FloatTargetLoss
 
     torch.manual_seed(0)
     prediction = torch.randn(1, 1, 8, 8, 8)
@@ -47,7 +47,7 @@ def test_bool_target_crashes_without_the_override_and_not_with_it():
 
 
 def test_environment_report_names_the_override():
-    from VistaFinetuneLib.job_environment import probe_interpreter, requirements_report, unmet
+    from VistaFinetuneLib.jobs.environment import probe_interpreter, requirements_report, unmet
 
     report = requirements_report(probe_interpreter(sys.executable))
     assert not unmet(report), report

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from VistaFinetuneLib import synthetic
+from VistaFinetuneLib.data import synthetic
 from VistaFinetuneLib.errors import UserError
-from VistaFinetuneLib.review import on_grid, review_predictions
+from VistaFinetuneLib.review.compare import on_grid, review_predictions
 
 
 def write_like(path, array, affine):

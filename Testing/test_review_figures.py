@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from VistaFinetuneLib import review_figures, synthetic
+from VistaFinetuneLib.data import synthetic
+from VistaFinetuneLib.review import figures as review_figures
 
 pytestmark = pytest.mark.unit
 
@@ -322,6 +323,6 @@ def test_engine_import_does_not_import_matplotlib():
     import subprocess
     import sys
 
-    code = "import sys, VistaFinetuneLib.review_figures; print('matplotlib' in sys.modules)"
+    code = "import sys, VistaFinetuneLib.review.figures; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from VistaFinetuneLib.seg_metrics import EMPTY_MASK_RULES, MaskMetrics, label_metrics, mask_metrics
+from VistaFinetuneLib.review.seg_metrics import EMPTY_MASK_RULES, MaskMetrics, label_metrics, mask_metrics
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from VistaFinetuneLib import synthetic
+from VistaFinetuneLib.data import synthetic
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from VistaFinetuneLib.tiny_bundle import TEMPLATE_DIR
+from VistaFinetuneLib.bundle.tiny_bundle import TEMPLATE_DIR
 
 pytestmark = pytest.mark.unit
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import tree_digest
 
-from VistaFinetuneLib import synthetic
-from VistaFinetuneLib.bundle_runner import BundleRun, run_bundle
-from VistaFinetuneLib.tiny_bundle import pretraining_record
+from VistaFinetuneLib.bundle.runner import BundleRun, run_bundle
+from VistaFinetuneLib.bundle.tiny_bundle import pretraining_record
+from VistaFinetuneLib.data import synthetic
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from VistaFinetuneLib.cli import main
-from VistaFinetuneLib.verify import TierResult, format_results, verify_run
+from VistaFinetuneLib.finetune.verify import TierResult, format_results, verify_run
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from VistaFinetuneLib import synthetic, tiny_bundle
-from VistaFinetuneLib.bundle_runner import QUIET_WARNINGS
+from VistaFinetuneLib.bundle import tiny_bundle
+from VistaFinetuneLib.bundle.runner import QUIET_WARNINGS
+from VistaFinetuneLib.data import synthetic
 
 MAPPING = [[1, 1], [2, 3], [3, 14]]
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from VistaFinetuneLib.seg_metrics import MaskMetrics, label_metrics
+from VistaFinetuneLib.review.seg_metrics import MaskMetrics, label_metrics
 
 SHAPE = (512, 512, 300)
 SPACING = (0.8, 0.8, 1.5)

@@ -8,10 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, synthetic, tiny_bundle
-from .bundle_source import SOURCES as BUNDLE_SOURCES
-from .errors import UserError
-from .labels import LabelCatalog
+from VistaFinetuneLib import __version__
+from VistaFinetuneLib.bundle import tiny_bundle
+from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.bundle.source import SOURCES as BUNDLE_SOURCES
+from VistaFinetuneLib.data import synthetic
+from VistaFinetuneLib.errors import UserError
 
 DEMO_CASES = 10
 DEMO_EPOCHS = 8
@@ -39,8 +41,8 @@ def cmd_tiny_bundle(args: argparse.Namespace) -> int:
 
 def run_with_progress(request) -> dict:
     """Run a finetune request with the progress bar on stderr."""
-    from .finetune import run_finetune
-    from .progress import ProgressBar
+    from VistaFinetuneLib.finetune.pipeline import run_finetune
+    from VistaFinetuneLib.progress import ProgressBar
 
     bar = ProgressBar()
     try:
@@ -51,7 +53,7 @@ def run_with_progress(request) -> dict:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default job: teach the tiny pretrained VISTA3D a structure it does not know, and judge it."""
-    from .finetune import FinetuneRequest
+    from VistaFinetuneLib.finetune.pipeline import FinetuneRequest
 
     out_dir = Path(args.output_dir or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -107,7 +109,7 @@ def parse_patch(text: str) -> list[int]:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune the bundle on a dataset; write RUN_DIR/output.json."""
-    from .finetune import FinetuneRequest
+    from VistaFinetuneLib.finetune.pipeline import FinetuneRequest
 
     dataset_dir = args.dataset_dir or args.dataset
     request = FinetuneRequest(
@@ -200,7 +202,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
 
 def cmd_review(args: argparse.Namespace) -> int:
     """Review a run (pretrained vs finetuned) or any two prediction folders against ground truth."""
-    from .review import review_predictions, review_run
+    from VistaFinetuneLib.review.compare import review_predictions, review_run
 
     if args.run_dir:
         if args.pred_a or args.pred_b or args.ground_truth:
@@ -224,7 +226,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Audit a finished run folder tier by tier; exit 0 only if every tier passes."""
-    from .verify import RunRecord, format_results, verify_record
+    from VistaFinetuneLib.finetune.verify import RunRecord, format_results, verify_record
 
     run = RunRecord(Path(args.run_dir))
     if run.recorded_dir != run.run_dir:
@@ -237,7 +239,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_bundle_download(args: argparse.Namespace) -> int:
     """Download a VISTA3D bundle (pinned version) and record its weights' SHA-256."""
-    from .bundle_source import bundle_info, download_bundle, format_info
+    from VistaFinetuneLib.bundle.source import bundle_info, download_bundle, format_info
 
     bundle = download_bundle(args.name, Path(args.dir), args.version, log=lambda m: print(m, file=sys.stderr))
     for line in format_info(bundle_info(bundle)):
@@ -248,7 +250,7 @@ def cmd_bundle_download(args: argparse.Namespace) -> int:
 
 def cmd_bundle_info(args: argparse.Namespace) -> int:
     """Describe a bundle folder (reads only)."""
-    from .bundle_source import bundle_info, format_info
+    from VistaFinetuneLib.bundle.source import bundle_info, format_info
 
     info = bundle_info(Path(args.dir))
     if args.json:
@@ -261,7 +263,7 @@ def cmd_bundle_info(args: argparse.Namespace) -> int:
 
 def format_job(state) -> list[str]:
     """A few lines describing a :class:`jobs.JobState` for a person."""
-    from .progress import format_seconds
+    from VistaFinetuneLib.progress import format_seconds
 
     lines = [f"state: {state.state}" + (f" (pid {state.pid})" if state.pid and state.state == "running" else "")]
     if state.return_code is not None:
@@ -282,7 +284,7 @@ def format_job(state) -> list[str]:
 
 def cmd_jobs_start(args: argparse.Namespace) -> int:
     """Start an engine command as a background job writing to RUN_DIR."""
-    from .jobs import start_job
+    from VistaFinetuneLib.jobs.control import start_job
 
     engine_args = args.engine_args[1:] if args.engine_args[:1] == ["--"] else args.engine_args
     if not engine_args:
@@ -295,7 +297,7 @@ def cmd_jobs_start(args: argparse.Namespace) -> int:
 
 def cmd_jobs_status(args: argparse.Namespace) -> int:
     """Describe the job of RUN_DIR (never waits)."""
-    from .jobs import poll_job
+    from VistaFinetuneLib.jobs.control import poll_job
 
     state = poll_job(Path(args.run_dir))
     if args.json:
@@ -312,7 +314,7 @@ def cmd_jobs_status(args: argparse.Namespace) -> int:
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     """Cancel the job of RUN_DIR: SIGTERM, then SIGKILL after the grace period, for all its processes."""
-    from .jobs import cancel_job
+    from VistaFinetuneLib.jobs.control import cancel_job
 
     started = time.monotonic()
     state = cancel_job(Path(args.run_dir), grace_seconds=args.grace, wait=not args.no_wait)
@@ -322,7 +324,7 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     """One line per run folder under ROOT, newest first."""
-    from .jobs import list_runs
+    from VistaFinetuneLib.jobs.control import list_runs
 
     states = list_runs(Path(args.root))
     if args.json:
@@ -337,7 +339,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     """Describe a job environment (this interpreter or --python) and check it against the bundle's requirements."""
-    from .job_environment import format_environment, probe_interpreter, requirements_report, unmet
+    from VistaFinetuneLib.jobs.environment import format_environment, probe_interpreter, requirements_report, unmet
 
     info = probe_interpreter(args.python or sys.executable)
     report = requirements_report(info)
@@ -351,7 +353,12 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_env_create(args: argparse.Namespace) -> int:
     """Create the managed job environment: a venv with torch and the pinned requirements."""
-    from .job_environment import create_environment, format_environment, probe_interpreter, requirements_report
+    from VistaFinetuneLib.jobs.environment import (
+        create_environment,
+        format_environment,
+        probe_interpreter,
+        requirements_report,
+    )
 
     python = create_environment(Path(args.dir), args.cuda)
     info = probe_interpreter(python)

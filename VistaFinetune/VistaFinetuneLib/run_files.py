@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from VistaFinetuneLib.errors import UserError
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

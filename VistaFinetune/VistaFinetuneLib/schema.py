@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "Resources" / "output_schema.json"
+from VistaFinetuneLib.resources import RESOURCES
+
+SCHEMA_PATH = RESOURCES / "output_schema.json"
 
 
 def load_schema() -> dict:

@@ -1,4 +1,4 @@
-"""The detached supervisor of one background job: ``python -m VistaFinetuneLib.job_supervisor RUN_DIR -- CMD...``.
+"""The detached supervisor of one background job: ``python -m VistaFinetuneLib.jobs.supervisor RUN_DIR -- CMD...``.
 
 It runs CMD in its own process group (cwd RUN_DIR, TMPDIR in the job folder), records ``job.json``, waits, and
 writes ``exit.json``. SIGTERM (or SIGINT/SIGHUP) cancels: the job's group and every descendant get SIGTERM, then
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from . import processes
-from .run_files import write_json_atomic
+from VistaFinetuneLib.jobs import processes
+from VistaFinetuneLib.run_files import write_json_atomic
 
 try:
     import fcntl
@@ -31,7 +31,7 @@ except ImportError:  # not POSIX: background jobs are unavailable, but the modul
 
 DEFAULT_GRACE_SECONDS = 10.0
 LEFTOVER_GRACE_SECONDS = 2.0
-MARKER = "VistaFinetuneLib.job_supervisor"  # in the supervisor's command line: tells it from a recycled pid
+MARKER = "VistaFinetuneLib.jobs.supervisor"  # in the supervisor's command line: tells it from a recycled pid
 
 
 class JobFiles:

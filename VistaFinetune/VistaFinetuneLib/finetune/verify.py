@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoints, schema
-from .dataset import Case, nifti_name
-from .errors import UserError
-from .formal_dice import formal_dice, prediction_path
+from VistaFinetuneLib import schema
+from VistaFinetuneLib.data.dataset import Case, nifti_name
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.finetune import checkpoints
+from VistaFinetuneLib.finetune.formal_dice import formal_dice, prediction_path
 
 CKPT_KEYS = ("finetuned_ckpt", "final_ckpt", "pretrained_ckpt", "recommended_ckpt")
 COMPARISON_NAMES = {"finetuned_ckpt": "model_finetune.pt", "final_ckpt": "model_final.pt"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from .errors import UserError
-from .labels import MAX_ID, LabelCatalog
+from VistaFinetuneLib.bundle.labels import MAX_ID, LabelCatalog
+from VistaFinetuneLib.errors import UserError
 
 
 def parse_mapping(text: str) -> list[list[int]]:

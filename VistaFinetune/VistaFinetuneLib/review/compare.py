@@ -19,11 +19,11 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage, stats
 
-from . import review_figures
-from .dataset import nifti_name
-from .errors import UserError
-from .run_files import write_json_atomic
-from .seg_metrics import EMPTY_MASK_RULES, label_metrics
+from VistaFinetuneLib.data.dataset import nifti_name
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.review import figures as review_figures
+from VistaFinetuneLib.review.seg_metrics import EMPTY_MASK_RULES, label_metrics
+from VistaFinetuneLib.run_files import write_json_atomic
 
 METRICS = ("dice", "hd95_mm", "msd_mm", "nsd", "reference_ml", "predicted_ml", "volume_difference_ml")
 MAX_MONTAGES = 24
@@ -207,7 +207,7 @@ def review(
 
 def review_run(run_dir: Path, tolerance_mm: float = 2.0) -> dict:
     """Review a finished finetune run: pretrained vs finetuned formal-evaluation predictions."""
-    from .labels import LabelCatalog
+    from VistaFinetuneLib.bundle.labels import LabelCatalog
 
     output_path = run_dir / "output.json"
     if not output_path.is_file():

@@ -10,8 +10,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .run_files import read_user_json
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.run_files import read_user_json
 
 MAX_ID = 254  # 255 is the bundle's NaN/ignore value; new structures may use any free id up to this
 MIN_SUGGEST_SCORE = 0.5

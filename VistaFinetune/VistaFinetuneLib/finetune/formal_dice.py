@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .dataset import Case
+from VistaFinetuneLib.data.dataset import Case
 
 METHOD = (
     "Dice per mapped class per validation case, computed by VistaFinetune from the predictions saved by "

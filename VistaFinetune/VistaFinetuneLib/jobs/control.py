@@ -19,11 +19,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import processes
-from .bundle_runner import ENGINE_ROOT
-from .errors import UserError
-from .job_supervisor import MARKER, JobFiles, read_json_or_none, update_job_record
-from .run_files import write_json_atomic
+from VistaFinetuneLib.bundle.runner import ENGINE_ROOT
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.jobs import processes
+from VistaFinetuneLib.jobs.supervisor import MARKER, JobFiles, read_json_or_none, update_job_record
+from VistaFinetuneLib.run_files import write_json_atomic
 
 STATES = ("running", "completed", "failed", "cancelled", "stale", "unknown")
 FINISHED = ("completed", "failed", "cancelled")

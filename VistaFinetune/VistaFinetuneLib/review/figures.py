@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
-from .bundle_log import TrainingTrace
-from .formal_dice import dice
+from VistaFinetuneLib.bundle.log import TrainingTrace
+from VistaFinetuneLib.finetune.formal_dice import dice
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from VistaFinetuneLib.resources import ENGINE_ROOT
+
 # monai 1.4.0 emits ~70 of these on import under torch >= 2.9; they say nothing about the run.
 QUIET_WARNINGS = "ignore:`torch.jit.:DeprecationWarning"
-ENGINE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .compat import FLOAT_TARGET_LOSS, monai_version_tuple
-from .environment import PACKAGES
-from .errors import UserError
+from VistaFinetuneLib.bundle.compat import FLOAT_TARGET_LOSS, monai_version_tuple
+from VistaFinetuneLib.environment import PACKAGES
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.resources import RESOURCES
 
-RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
 REQUIREMENTS = RESOURCES / "requirements.txt"
 TORCH_REQUIREMENTS = RESOURCES / "requirements-torch.txt"
 CUDA_BUILDS = ("cu121", "cu124", "cu126", "cpu")

@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .bundle_runner import BundleRun
+from VistaFinetuneLib.bundle.runner import BundleRun
 
 SLURM_TEMPLATE = """#!/bin/bash
 #SBATCH --job-name=vista-finetune

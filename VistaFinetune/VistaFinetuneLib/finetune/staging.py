@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .config_text import literal
-from .errors import UserError
-from .plan import Plan
+from VistaFinetuneLib.bundle.config_text import literal
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.finetune.plan import Plan
 
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 

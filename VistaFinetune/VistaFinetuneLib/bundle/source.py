@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .errors import UserError
-from .labels import LabelCatalog
-from .run_files import read_user_json
+from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.run_files import read_user_json
 
 WEIGHTS = "models/model.pt"
 HF_WEIGHTS = "vista3d_pretrained_model/model.pt"

@@ -20,22 +20,25 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import __version__, checkpoints, dataset, environment, staging, synthetic, tiny_bundle
-from .bundle_log import TrainingTrace
-from .bundle_runner import BundleRun, run_bundle
-from .bundle_source import sha256_file
-from .compat import compatibility_overrides, installed_monai
-from .errors import UserError
-from .formal_dice import METHOD as FORMAL_DICE_METHOD
-from .formal_dice import formal_dice
-from .gpu_monitor import GpuMemoryMonitor
-from .labels import LabelCatalog
-from .mapping import check_mapping, mapping_for_anatomy, parse_mapping
-from .plan import Plan, make_plan
-from .remote_run import write_remote_files
-from .review import review_run
-from .run_files import read_json, read_user_json, write_json_atomic
-from .schema import validate_output
+from VistaFinetuneLib import __version__, environment
+from VistaFinetuneLib.bundle import tiny_bundle
+from VistaFinetuneLib.bundle.compat import compatibility_overrides, installed_monai
+from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.bundle.log import TrainingTrace
+from VistaFinetuneLib.bundle.runner import BundleRun, run_bundle
+from VistaFinetuneLib.bundle.source import sha256_file
+from VistaFinetuneLib.data import dataset, synthetic
+from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_mapping
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.finetune import checkpoints, staging
+from VistaFinetuneLib.finetune.formal_dice import METHOD as FORMAL_DICE_METHOD
+from VistaFinetuneLib.finetune.formal_dice import formal_dice
+from VistaFinetuneLib.finetune.plan import Plan, make_plan
+from VistaFinetuneLib.jobs.gpu_monitor import GpuMemoryMonitor
+from VistaFinetuneLib.jobs.remote_run import write_remote_files
+from VistaFinetuneLib.review.compare import review_run
+from VistaFinetuneLib.run_files import read_json, read_user_json, write_json_atomic
+from VistaFinetuneLib.schema import validate_output
 
 DISCLAIMER = (
     "Research use only. Not for clinical deployment, clinical interpretation, autonomous diagnosis or "

@@ -19,7 +19,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from .errors import UserError
+from VistaFinetuneLib.errors import UserError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LOAD_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)

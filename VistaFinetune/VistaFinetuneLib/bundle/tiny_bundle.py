@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from . import synthetic
-from .bundle_runner import BundleRun, run_bundle
+from VistaFinetuneLib.bundle.runner import BundleRun, run_bundle
+from VistaFinetuneLib.data import synthetic
+from VistaFinetuneLib.resources import RESOURCES
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "Resources" / "TinyBundle"
+TEMPLATE_DIR = RESOURCES / "TinyBundle"
 PRETRAINED_CLASS = ("liver", 1)
 UNTAUGHT_CLASS = ("left kidney", 14)
 EPOCH_LINE = re.compile(r"Epoch\[(\d+)\] Metrics -- .*val_mean_dice: ([0-9.]+)")

@@ -32,8 +32,8 @@ def compatibility_overrides(monai_version: str | None) -> tuple[dict, list[str]]
         return {}, []
     overrides = {
         # MONAI binds ``import a.b`` to the name "a.b", so the package is imported under its own name first.
-        "+imports": ["$import VistaFinetuneLib", "$import VistaFinetuneLib.compat"],
-        "train#trainer#loss_function": "$VistaFinetuneLib.compat.FloatTargetLoss(@loss)",
+        "+imports": ["$import VistaFinetuneLib", "$import VistaFinetuneLib.bundle.compat"],
+        "train#trainer#loss_function": "$VistaFinetuneLib.bundle.compat.FloatTargetLoss(@loss)",
     }
     return overrides, [FLOAT_TARGET_LOSS]
 

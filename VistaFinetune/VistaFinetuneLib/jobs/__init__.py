@@ -1,0 +1,1 @@
+"""Background jobs: a detached supervisor per run, its environment, and cancelling it."""
