@@ -28,7 +28,7 @@ def external_references(page: str) -> list[str]:
 
 def ras_volume() -> np.ndarray:
     volume = np.zeros((5, 6, 7), dtype=np.int16)
-    volume[1, 4, 2] = 9  # an asymmetric marker: right of centre, anterior, inferior
+    volume[1, 4, 2] = 9  # an asymmetric marker: left of centre, anterior, inferior
     volume[3, 0, 6] = 5
     return volume
 
@@ -69,7 +69,7 @@ def test_canonical_ras_of_a_tilted_synthetic_case_keeps_the_liver_on_the_patient
     image, label, affine = synthetic.make_case(0, 0, synthetic.MICRO_SPEC)
     canonical, spacing = review_figures.canonical_ras(label == LIVER, affine)
     x_liver = np.argwhere(canonical)[:, 0].mean()
-    assert x_liver < canonical.shape[0] / 2  # the liver lies at -x (patient right)
+    assert x_liver > canonical.shape[0] / 2  # the liver lies at +x (patient right): high canonical indices
     assert np.allclose(sorted(spacing), sorted(np.linalg.norm(affine[:3, :3], axis=0)))
 
 
@@ -95,8 +95,8 @@ def test_slice_point_falls_back_from_truth_to_prediction_to_volume_centre():
 
 def test_display_slices_follow_the_radiological_convention():
     volume = np.zeros((4, 5, 6), dtype=int)
-    volume[0, 4, 5] = 1  # patient right (low x), anterior (high y), superior (high z)
-    point = (0, 4, 5)
+    volume[3, 4, 5] = 1  # patient right (high x), anterior (high y), superior (high z)
+    point = (3, 4, 5)
     axial = review_figures.display_slice(volume, "axial", point)
     coronal = review_figures.display_slice(volume, "coronal", point)
     sagittal = review_figures.display_slice(volume, "sagittal", point)
@@ -195,7 +195,7 @@ def test_montage_ignores_false_positives_off_the_shown_slices(liver_case, tmp_pa
 def test_montage_shows_the_patient_right_and_anterior_at_the_top_left_of_the_axial_panel(tmp_path):
     shape = (30, 24, 10)
     canonical = np.full(shape, 40, dtype=np.int16)  # mid grey in the soft-tissue window
-    canonical[2:6, 17:22, :] = -1000  # a black marker at the patient's right (low x), anterior (high y)
+    canonical[24:28, 17:22, :] = -1000  # a black marker at the patient's right (high x), anterior (high y)
     array = canonical[::-1, ::-1, :]  # stored LPS-like: axes 0 and 1 run towards patient left and posterior
     affine = np.diag([-2.0, -2.0, 3.0, 1.0])
     truth = np.zeros(shape, dtype=np.uint8)

@@ -58,7 +58,7 @@ def test_affines_are_not_identity_and_anatomy_stays_in_world_coordinates():
         centroids.append(world_centroid(label, 1, affine) - body_centre)
     # Liver centre relative to the body centre: the organ's mean position, jittered by a few mm only.
     assert np.ptp(np.array(centroids), axis=0).max() < 10
-    assert all(c[0] < -10 for c in centroids)  # the liver is on the patient's right (-x in RAS)
+    assert all(c[0] > 10 for c in centroids)  # the liver is on the patient's right (+x in RAS)
 
 
 def test_write_dataset_writes_matching_image_label_pairs(tmp_path):

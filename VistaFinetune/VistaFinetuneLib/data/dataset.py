@@ -19,6 +19,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from VistaFinetuneLib.data.geometry import ijk_to_ras, voxel_spacing_mm
 from VistaFinetuneLib.errors import UserError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -167,9 +168,8 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _grid_mismatch_mm(affine_a: np.ndarray, affine_b: np.ndarray, shape: tuple[int, ...]) -> float:
     """Largest distance (mm) between where two affines put the corner voxels of a volume."""
-    corners = np.array(np.meshgrid(*[[0, size - 1] for size in shape[:3]], indexing="ij")).reshape(3, -1)
-    corners = np.vstack([corners, np.ones(corners.shape[1])])
-    return float(np.linalg.norm((affine_a - affine_b)[:3] @ corners, axis=0).max())
+    corners = np.array(np.meshgrid(*[[0, size - 1] for size in shape[:3]], indexing="ij")).reshape(3, -1).T
+    return float(np.linalg.norm(ijk_to_ras(affine_a, corners) - ijk_to_ras(affine_b, corners), axis=1).max())
 
 
 def audit_case(case: Case, affine_tolerance_mm: float = 0.01) -> CaseAudit:
@@ -194,7 +194,7 @@ def audit_case(case: Case, affine_tolerance_mm: float = 0.01) -> CaseAudit:
     counts = np.zeros(255, dtype=np.int64)
     for plane in label.T:  # one slice at a time keeps the integer copy small
         counts += np.bincount(np.ravel(plane, order="K").astype(np.intp), minlength=255)
-    spacing = np.sqrt((image_affine[:3, :3] ** 2).sum(axis=0))
+    spacing = np.asarray(voxel_spacing_mm(image_affine))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     voxels = {value: int(count) for value, count in enumerate(counts) if value > 0 and count > 0}
     if image.dtype.kind == "f" and not np.isfinite(image).all():

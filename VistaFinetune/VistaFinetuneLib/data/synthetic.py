@@ -15,6 +15,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from VistaFinetuneLib.data.geometry import grid_centre_ras, voxel_centres_ras
+
 AIR_HU = -1000.0
 FAT_HU = -90.0
 MUSCLE_HU = 50.0
@@ -31,14 +33,15 @@ class Organ:
     hu: float
 
 
-# Patient right is -x in RAS. Positions are relative to the body centre.
+# Positions are relative to the body centre, in RAS: +x is the patient's right, so the liver (and the lesion in
+# it) lies at x > 0, the spleen and the left kidney at x < 0.
 ORGANS: dict[str, Organ] = {
     organ.name: organ
     for organ in (
-        Organ("liver", (-22.0, 2.0, 4.0), (22.0, 20.0, 24.0), 110.0),
-        Organ("spleen", (28.0, 14.0, 8.0), (12.0, 11.0, 16.0), 45.0),
-        Organ("left kidney", (26.0, -18.0, -14.0), (10.0, 9.0, 14.0), 230.0),
-        Organ("lesion", (-26.0, 4.0, 6.0), (7.0, 7.0, 7.0), 15.0),
+        Organ("liver", (22.0, 2.0, 4.0), (22.0, 20.0, 24.0), 110.0),
+        Organ("spleen", (-28.0, 14.0, 8.0), (12.0, 11.0, 16.0), 45.0),
+        Organ("left kidney", (-26.0, -18.0, -14.0), (10.0, 9.0, 14.0), 230.0),
+        Organ("lesion", (26.0, 4.0, 6.0), (7.0, 7.0, 7.0), 15.0),
     )
 }
 
@@ -71,13 +74,6 @@ def case_affine(rng: np.random.Generator, spec: PhantomSpec) -> np.ndarray:
     return affine
 
 
-def _world_grid(affine: np.ndarray, shape: tuple[int, int, int], centre: np.ndarray) -> np.ndarray:
-    """World coordinates (mm, relative to ``centre``) of every voxel centre, shape (3, *shape)."""
-    ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
-    world = affine[:3, :3] @ ijk + affine[:3, 3:4] - centre[:, None]
-    return world.reshape(3, *shape)
-
-
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], sigma: float) -> np.ndarray:
     """Zero-mean, unit-peak low-frequency noise used to roughen blob surfaces."""
     noise = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=sigma)
@@ -92,8 +88,8 @@ def make_case(seed: int, index: int, spec: PhantomSpec) -> tuple[np.ndarray, np.
     """
     rng = np.random.default_rng([seed, index])
     affine = case_affine(rng, spec)
-    centre = affine[:3, :3] @ ((np.asarray(spec.shape) - 1) / 2.0) + affine[:3, 3]
-    x, y, z = _world_grid(affine, spec.shape, centre)
+    centre = grid_centre_ras(affine, spec.shape)
+    x, y, z = voxel_centres_ras(affine, spec.shape) - centre[:, None, None, None]
     image = np.full(spec.shape, AIR_HU)
     body_a, body_b = rng.uniform(52.0, 58.0), rng.uniform(40.0, 46.0)
     body = (x / body_a) ** 2 + (y / body_b) ** 2

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from VistaFinetuneLib.data.dataset import nifti_name
+from VistaFinetuneLib.data.geometry import voxel_spacing_mm, voxel_to_voxel
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.review import figures as review_figures
 from VistaFinetuneLib.review.seg_metrics import EMPTY_MASK_RULES, label_metrics
@@ -52,9 +53,9 @@ def on_grid(labels: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], targ
     """``labels`` resampled (nearest neighbour) onto the grid ``shape``/``target_affine``; as is when equal."""
     if labels.shape == tuple(shape) and np.allclose(affine, target_affine, atol=1e-4):
         return labels
-    voxel_to_voxel = np.linalg.inv(affine) @ target_affine
+    target_to_source = voxel_to_voxel(affine, target_affine)
     return ndimage.affine_transform(
-        labels, voxel_to_voxel[:3, :3], offset=voxel_to_voxel[:3, 3], output_shape=shape, order=0, cval=0
+        labels, target_to_source[:3, :3], offset=target_to_source[:3, 3], output_shape=shape, order=0, cval=0
     )
 
 
@@ -148,7 +149,7 @@ def review(
     images: list[tuple[str, Path]] = []
     for case in cases:
         truth, truth_affine = load_labels(case.truth)
-        spacing = tuple(float(x) for x in np.linalg.norm(truth_affine[:3, :3], axis=0))
+        spacing = voxel_spacing_mm(truth_affine)
         predictions = {}
         for model in models:
             labels, affine = load_labels(case.predictions[model])

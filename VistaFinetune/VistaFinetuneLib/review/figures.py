@@ -19,6 +19,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
 from VistaFinetuneLib.bundle.log import TrainingTrace
+from VistaFinetuneLib.data.geometry import voxel_spacing_mm
 from VistaFinetuneLib.finetune.formal_dice import dice
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def canonical_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
     """``array`` reordered and flipped so that its axes run towards R, A, S; and the voxel spacing (mm) then."""
     ornt = io_orientation(affine)
-    voxel_mm = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+    voxel_mm = voxel_spacing_mm(affine)
     spacing = [0.0, 0.0, 0.0]
     for axis, (target, _) in enumerate(ornt):
         spacing[int(target)] = float(voxel_mm[axis])
@@ -67,12 +68,16 @@ def slice_point(truth: np.ndarray, predictions: Iterable[np.ndarray]) -> tuple[i
 
 
 def display_slice(volume: np.ndarray, plane: str, point: tuple[int, int, int]) -> np.ndarray:
-    """The 2D cut of a RAS-canonical ``volume`` through ``point``, row 0 at the top and column 0 at the left."""
+    """The 2D cut of a RAS-canonical ``volume`` through ``point``, row 0 at the top and column 0 at the left.
+
+    The screen directions are Slicer's slice views' (``vtkMRMLSliceNode`` SliceToRAS presets): axial and coronal
+    put the patient's right (high x: canonical indices grow towards R) on the left; sagittal puts anterior there.
+    """
     x, y, z = point
-    if plane == "axial":  # rows: anterior (high y) first; columns: patient right (low x) first
-        return np.flipud(volume[:, :, z].T)
-    if plane == "coronal":  # rows: superior first; columns: patient right first
-        return np.flipud(volume[:, y, :].T)
+    if plane == "axial":  # rows: anterior (high y) first; columns: patient right (high x) first
+        return np.flipud(np.fliplr(volume[:, :, z].T))
+    if plane == "coronal":  # rows: superior first; columns: patient right (high x) first
+        return np.flipud(np.fliplr(volume[:, y, :].T))
     if plane == "sagittal":  # rows: superior first; columns: anterior (high y) first
         return np.flipud(np.fliplr(volume[x, :, :].T))
     raise ValueError(f"unknown plane {plane!r}; expected one of {PLANES}")
