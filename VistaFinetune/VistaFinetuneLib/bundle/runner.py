@@ -59,7 +59,7 @@ class BundleRun:
         return [*self.launcher(), "-m", "monai.bundle", "run", "--args_file", str(self.args_path.resolve())]
 
     def environment(self) -> dict[str, str]:
-        """The child's environment: the bundle root first on ``PYTHONPATH``, unbuffered output, quiet imports."""
+        """The child's environment: bundle root first on ``PYTHONPATH``, unbuffered, no bytecode written, quiet imports."""
         env = dict(os.environ)
         # The bundle root (for ``$import scripts``), then this engine (for its compatibility overrides).
         paths = [str(self.bundle_dir.resolve()), str(ENGINE_ROOT)]
@@ -67,6 +67,7 @@ class BundleRun:
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
         env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # never write __pycache__ into the bundle folder
         env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), QUIET_WARNINGS]))
         return env
 
