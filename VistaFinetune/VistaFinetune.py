@@ -1,14 +1,28 @@
 import importlib
+import importlib.util
 import os
+import shutil
 import sys
+from pathlib import Path
 
+import qt
 import slicer
+import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 
 ENGINE_PACKAGE = "VistaFinetuneLib"
+POLL_INTERVAL_MS = 1000
+PLOT_SIZE = (360, 120)
+# Two pieces the panel is wired for but this build does not hold yet; their buttons say so instead of failing.
+SCENE_LOGIC_PACKAGE = "VistaFinetuneLib.scene"  # issue 10: scene cases, prediction import, comparison layout
+
+
+def sceneLogicAvailable() -> bool:
+    return importlib.util.find_spec(SCENE_LOGIC_PACKAGE) is not None
 
 
 #
@@ -21,16 +35,15 @@ class VistaFinetune(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = _("VistaFinetune")
+        self.parent.title = _("VISTA3D Finetune")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["VistaFinetune developers"]
         self.parent.helpText = _(
             "Finetune NVIDIA's VISTA3D (NV-Segment-CT) CT segmentation model on your own CT images and "
-            "segmentations, using the MONAI <i>vista3d</i> bundle, then compare the pretrained and finetuned "
-            "predictions. The panel is still under construction; the headless engine "
-            "(<code>vista-finetune</code> or <code>python -m VistaFinetuneLib</code>) already runs from a terminal. "
-            'See the <a href="https://github.com/vistafinetune/SlicerVistaFinetune#readme">README</a> for details.'
+            "segmentations with the MONAI <i>vista3d</i> bundle, in a background job, then compare the pretrained "
+            "and finetuned predictions. The same engine runs from a terminal (<code>vista-finetune</code>). "
+            'See the <a href="https://github.com/vistafinetune/SlicerVistaFinetune#readme">README</a>.'
         )
         self.parent.acknowledgementText = _(
             'This extension builds on <a href="https://monai.io">MONAI</a> and its model zoo bundle of '
@@ -40,52 +53,587 @@ class VistaFinetune(ScriptedLoadableModule):
 
 
 #
+# VistaFinetuneParameterNode
+#
+
+
+@parameterNodeWrapper
+class VistaFinetuneParameterNode:
+    """The panel's state, saved with the scene (a reloaded scene re-attaches to its run)."""
+
+    jobPython: str = ""
+    bundleDir: str = ""  # empty: the tiny reference bundle
+    runsFolder: str = ""
+    datasetDir: str = ""
+    datalist: str = ""
+    epochs: int = 5
+    learningRate: float = 5e-5
+    patchSize: str = "[128, 128, 128]"
+    cacheRate: float = 1.0
+    classPromptsOnly: bool = False
+    runDir: str = ""  # the run the panel follows
+
+
+#
 # VistaFinetuneWidget
 #
 
 
 class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Placeholder panel: the inputs and controls exist, but finetuning is not wired to them yet."""
+    """The panel: a thin layer of Qt over the panel controller (VistaFinetuneLib.panel), which drives the jobs."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.controller = None
+        self.caseRows = []
+        self.mappingRows = []
+        self.catalog = None
+        self.environment = None  # the last EnvironmentReport
+        self.results = None  # the last RunResults
+        self.pending = {}  # name -> BackgroundCall (environment probe, case audit)
+        self.setupJobDir = None  # a bundle download or environment creation being followed
+        self.setupJobDone = None  # what to do when that job completes
+        self.timer = None
+        self.following = False  # a run is followed and has not finished
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/VistaFinetune.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-
         self.logic = VistaFinetuneLogic()
 
-        # Nothing runs from the panel yet, so the controls stay disabled rather than pretending to work.
-        notYet = _("Not available in the panel yet; use the headless engine from a terminal.")
-        self.ui.startButton.enabled = False
-        self.ui.startButton.toolTip = notYet
-        self.ui.cancelButton.enabled = False
-        self.ui.cancelButton.toolTip = notYet
-        self.ui.progressBar.setValue(0)
-        self.ui.statusLabel.text = self.statusText()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.onPollTimer)
 
-    def statusText(self) -> str:
-        try:
-            version = self.logic.engineVersion()
-            location = self.logic.enginePath()
-        except (ImportError, AttributeError, OSError) as error:  # report a broken install, do not hide it
-            return _("This panel is under construction. The headless engine could not be loaded: {error}").format(
-                error=error
-            )
-        return _(
-            "This panel is under construction. The headless engine (version {version}) is available from a "
-            "terminal as 'vista-finetune' or 'python -m VistaFinetuneLib' (package folder: {location})."
-        ).format(version=version, location=location)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.checkEnvironmentButton.connect("clicked(bool)", self.onCheckEnvironment)
+        self.ui.createEnvironmentButton.connect("clicked(bool)", self.onCreateEnvironment)
+        self.ui.downloadBundleButton.connect("clicked(bool)", self.onDownloadBundle)
+        self.ui.readCasesButton.connect("clicked(bool)", self.onReadCases)
+        self.ui.addSceneCaseButton.connect("clicked(bool)", self.onAddSceneCase)
+        self.ui.casesTableWidget.connect("itemChanged(QTableWidgetItem*)", self.onCaseItemChanged)
+        self.ui.startButton.connect("clicked(bool)", self.onStart)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.reattachButton.connect("clicked(bool)", self.onReattach)
+        self.ui.openReviewButton.connect("clicked(bool)", self.onOpenReview)
+        self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
+        self.ui.loadReviewButton.connect("clicked(bool)", self.onLoadReview)
+        self.ui.reviewTableWidget.connect("cellClicked(int,int)", self.onReviewRowClicked)
+        for name, edit in self.pathEdits().items():
+            edit.connect("currentPathChanged(QString)", lambda path, name=name: self.onPathChanged(name, path))
+
+        if not sceneLogicAvailable():
+            self.ui.addSceneCaseButton.setToolTip(self.sceneLogicGap())
+        self.initializeParameterNode()
+        self.updateButtons()
+
+    def pathEdits(self) -> dict:
+        """Path fields of the parameter node and their line edits (kept in sync by hand: they are plain strings)."""
+        return {
+            "jobPython": self.ui.jobPythonPathLineEdit,
+            "bundleDir": self.ui.bundlePathLineEdit,
+            "runsFolder": self.ui.runsFolderPathLineEdit,
+            "datasetDir": self.ui.datasetPathLineEdit,
+            "datalist": self.ui.datalistPathLineEdit,
+        }
+
+    # --- parameter node ------------------------------------------------------------------------------------------
 
     def cleanup(self) -> None:
+        if self.timer is not None:
+            self.timer.stop()
         self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.timer.stop()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        parameterNode = self.logic.getParameterNode()
+        self.logic.setDefaultParameters(parameterNode)
+        self.setParameterNode(parameterNode)
+        if parameterNode.runDir and os.path.isdir(parameterNode.runDir):
+            self.attachRun(parameterNode.runDir)
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            for name, edit in self.pathEdits().items():
+                edit.currentPath = getattr(self._parameterNode, name)
+            self.controller = self.logic.controller(self._parameterNode)
+        self.updateButtons()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.updateButtons()
+
+    def onPathChanged(self, name: str, path: str) -> None:
+        if self._parameterNode and getattr(self._parameterNode, name) != path:
+            setattr(self._parameterNode, name, path)
+            if name in ("runsFolder", "jobPython"):
+                self.controller = self.logic.controller(self._parameterNode)
+
+    def updateButtons(self) -> None:
+        running = self.following
+        hasData = bool(self.caseRows)
+        self.ui.startButton.setEnabled(hasData and not running)
+        self.ui.startButton.setToolTip(
+            _("Start the finetune in the background.") if hasData else _("Read the training cases first.")
+        )
+        self.ui.cancelButton.setEnabled(running)
+        self.ui.openReviewButton.setEnabled(self.results is not None)
+        self.ui.openReportButton.setEnabled(self.results is not None and self.results.report_html is not None)
+        self.ui.loadReviewButton.setEnabled(self.results is not None and self.ui.reviewCaseComboBox.count > 0)
+
+    def showError(self, message: str) -> None:
+        """The engine's message, in the status line and a dialog."""
+        self.ui.statusLabel.setText(message)
+        slicer.util.errorDisplay(message)
+
+    # --- Setup ---------------------------------------------------------------------------------------------------
+
+    def onCheckEnvironment(self) -> None:
+        from VistaFinetuneLib.panel.background import BackgroundCall
+        from VistaFinetuneLib.panel.controller import describe_environment
+
+        python = self._parameterNode.jobPython or self.logic.slicerPython()
+        self.ui.environmentTextEdit.setPlainText(_("Checking {python} ...").format(python=python))
+        self.pending["environment"] = BackgroundCall(lambda: describe_environment(python))
+        self.timer.start()
+
+    def showEnvironment(self, report) -> None:
+        from VistaFinetuneLib.panel.controller import CPU_WARNING
+
+        self.environment = report
+        self.ui.environmentTextEdit.setPlainText("\n".join(report.lines))
+        self.ui.cpuWarningLabel.setText(_(CPU_WARNING) if report.on_cpu else "")
+        self.ui.cpuWarningLabel.setStyleSheet("color: #b00000; font-weight: bold" if report.on_cpu else "")
+        self.updatePlan()
+
+    def onCreateEnvironment(self) -> None:
+        from VistaFinetuneLib.errors import UserError
+        from VistaFinetuneLib.panel.controller import managed_environment_commands
+
+        directory = Path(self.logic.managedEnvironmentDir())
+        cuda = self.ui.cudaComboBox.currentText
+        commands = managed_environment_commands(directory, cuda)
+        question = _(
+            "Create the managed job environment in\n{directory}\n\nIt runs these commands (Slicer's own Python is "
+            "not changed):\n\n{commands}\n\nThis downloads about 3 GB and takes several minutes. Continue?"
+        ).format(directory=directory, commands="\n".join(commands))
+        if not slicer.util.confirmOkCancelDisplay(question):
+            return
+        try:
+            self.setupJobDir = self.controller.start_environment_creation(directory, cuda, self.logic.slicerPython())
+        except UserError as error:
+            self.showError(str(error))
+            return
+        python = str(directory / "bin" / "python")
+        self.setupJobDone = lambda: self.setPath("jobPython", python)
+        self.ui.bundleProgressBar.setRange(0, 0)
+        self.timer.start()
+
+    def onDownloadBundle(self) -> None:
+        from VistaFinetuneLib.errors import UserError
+        from VistaFinetuneLib.panel.controller import BUNDLE_WEIGHTS_MB
+
+        name = self.ui.bundleNameComboBox.currentText
+        parent = Path(self.controller.runs_root) / "bundles"
+        question = _("Download the {name} bundle (about {size} MB of weights) into {folder}?").format(
+            name=name, size=BUNDLE_WEIGHTS_MB, folder=parent / name
+        )
+        if not slicer.util.confirmOkCancelDisplay(question):
+            return
+        try:
+            self.setupJobDir = self.controller.start_bundle_download(name, parent)
+        except UserError as error:
+            self.showError(str(error))
+            return
+        self.setupJobDone = lambda: self.setPath("bundleDir", str(parent / name))
+        self.ui.bundleProgressBar.setRange(0, 0)  # the download reports no percentage: a busy bar
+        self.timer.start()
+
+    def setPath(self, name: str, path: str) -> None:
+        setattr(self._parameterNode, name, path)
+        self.pathEdits()[name].currentPath = path
+
+    def pollSetupJob(self) -> None:
+        from VistaFinetuneLib.jobs.control import poll_job
+
+        state = poll_job(self.setupJobDir)
+        self.ui.environmentTextEdit.setPlainText("\n".join(state.log_tail))
+        if state.finished:
+            self.ui.bundleProgressBar.setRange(0, 100)
+            self.ui.bundleProgressBar.setValue(100 if state.state == "completed" else 0)
+            if state.state == "completed":
+                self.setupJobDone()
+            else:
+                self.showError(
+                    _("{folder}: {state}; see the log above").format(folder=self.setupJobDir, state=state.state)
+                )
+            self.setupJobDir = None
+
+    # --- Training data and Class mapping -------------------------------------------------------------------------
+
+    def onReadCases(self) -> None:
+        from VistaFinetuneLib.panel import training_data
+        from VistaFinetuneLib.panel.background import BackgroundCall
+
+        datasetDir = self._parameterNode.datasetDir or None
+        datalist = self._parameterNode.datalist or None
+        self.ui.casesStatusLabel.setText(_("Reading and checking the cases ..."))
+        self.pending["cases"] = BackgroundCall(
+            lambda: training_data.case_rows(training_data.read_cases(datasetDir, datalist))
+        )
+        self.timer.start()
+
+    def onAddSceneCase(self) -> None:
+        if not sceneLogicAvailable():
+            self.ui.casesStatusLabel.setText(self.sceneLogicGap())
+            return
+        raise NotImplementedError(self.sceneLogicGap())
+
+    def sceneLogicGap(self) -> str:
+        return _(
+            "Cases from the scene need the scene logic ({package}), which this build does not include yet; use a "
+            "dataset folder or datalist."
+        ).format(package=SCENE_LOGIC_PACKAGE)
+
+    def showCases(self, rows) -> None:
+        from VistaFinetuneLib.panel import training_data
+
+        self.caseRows = rows
+        table = self.ui.casesTableWidget
+        table.blockSignals(True)
+        table.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            table.setItem(index, 0, qt.QTableWidgetItem(row.name))
+            check = qt.QTableWidgetItem()
+            check.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
+            check.setCheckState(qt.Qt.Checked if row.validation else qt.Qt.Unchecked)
+            table.setItem(index, 1, check)
+            table.setItem(index, 2, qt.QTableWidgetItem(", ".join(str(v) for v in row.label_values)))
+            notes = qt.QTableWidgetItem("; ".join(row.problems + row.warnings) or _("OK"))
+            notes.setToolTip("\n".join(row.problems + row.warnings))
+            if row.problems:
+                notes.setForeground(qt.QBrush(qt.QColor("#b00000")))
+            table.setItem(index, 3, notes)
+        table.blockSignals(False)
+        usable = [row for row in rows if row.usable]
+        problems = training_data.split_problems(rows)
+        self.ui.casesStatusLabel.setText(
+            _("{usable} of {total} cases usable, {validation} for validation.").format(
+                usable=len(usable), total=len(rows), validation=sum(row.validation for row in usable)
+            )
+            + ("" if not problems else " " + " ".join(problems))
+        )
+        self.showMapping()
+        self.updatePlan()
+        self.updateButtons()
+
+    def onCaseItemChanged(self, item) -> None:
+        if item.column() == 1 and item.row() < len(self.caseRows):
+            self.caseRows[item.row()].validation = item.checkState() == qt.Qt.Checked
+            self.updatePlan()
+
+    def showMapping(self) -> None:
+        from VistaFinetuneLib.panel import training_data
+
+        self.catalog = self.logic.catalog(self._parameterNode.bundleDir)
+        values = training_data.label_values(self.caseRows)
+        names = training_data.dataset_label_names(self._parameterNode.datasetDir or None)
+        self.mappingRows = training_data.mapping_rows(values, names, self.catalog)
+        choices = training_data.class_choices(self.catalog)
+        table = self.ui.mappingTableWidget
+        table.setRowCount(len(self.mappingRows))
+        for index, row in enumerate(self.mappingRows):
+            table.setItem(index, 0, qt.QTableWidgetItem(str(row.value)))
+            table.setItem(index, 1, qt.QTableWidgetItem(row.name or _("(no name)")))
+            combo = qt.QComboBox()
+            combo.setEditable(True)  # type to search the bundle's classes
+            combo.setInsertPolicy(qt.QComboBox.NoInsert)
+            combo.completer().setFilterMode(qt.Qt.MatchContains)
+            combo.completer().setCompletionMode(qt.QCompleter.PopupCompletion)
+            combo.addItem(_("(choose a class)"), -1)
+            for classId, text in choices:
+                combo.addItem(text, classId)
+            combo.addItem(_("new structure"), 0)
+            if row.class_id is not None:
+                combo.setCurrentIndex(combo.findData(row.class_id))
+            combo.connect(
+                "currentIndexChanged(int)", lambda i, index=index, combo=combo: self.onClassChosen(index, combo)
+            )
+            table.setCellWidget(index, 2, combo)
+            table.setItem(index, 3, qt.QTableWidgetItem(self.mappingNote(row)))
+        self.updateMappingMessages()
+
+    def mappingNote(self, row) -> str:
+        if row.class_id is None:
+            return _("no suggestion: choose a class")
+        if row.score is not None:
+            return _("suggested from the name (match {score:.0%})").format(score=row.score)
+        return ""
+
+    def onClassChosen(self, index: int, combo) -> None:
+        from VistaFinetuneLib.panel import training_data
+
+        row = self.mappingRows[index]
+        classId = combo.itemData(combo.currentIndex)
+        if classId == 0:  # a brand-new structure gets a free id
+            taken = [r.class_id for r in self.mappingRows if r.class_id is not None and r is not row]
+            row.class_id = training_data.new_structure_id(self.catalog, taken)
+            self.ui.mappingTableWidget.setItem(
+                index, 3, qt.QTableWidgetItem(_("new structure: id {id}").format(id=row.class_id))
+            )
+        else:
+            row.class_id = None if classId is None or classId < 0 else int(classId)
+            row.score = None
+            self.ui.mappingTableWidget.setItem(index, 3, qt.QTableWidgetItem(self.mappingNote(row)))
+        self.updateMappingMessages()
+
+    def updateMappingMessages(self) -> None:
+        from VistaFinetuneLib.panel import training_data
+
+        values = training_data.label_values(self.caseRows)
+        error, warnings = training_data.mapping_messages(self.mappingRows, values, self.catalog)
+        self.ui.mappingMessagesLabel.setText("\n".join(([error] if error else []) + warnings) or _("Mapping complete."))
+
+    # --- Training --------------------------------------------------------------------------------------------------
+
+    def updatePlan(self) -> None:
+        """Pre-fill the plan from the engine's planner for this environment and number of training cases."""
+        from VistaFinetuneLib.panel.controller import default_settings
+
+        if self.environment is None or not self.caseRows:
+            return
+        nTrain = sum(1 for row in self.caseRows if row.usable and not row.validation)
+        settings = default_settings(
+            self.logic.bundleDir(self._parameterNode), self.environment.plan_environment, nTrain
+        )
+        with slicer.util.NodeModify(self._parameterNode):
+            self._parameterNode.epochs = settings.epochs
+            self._parameterNode.learningRate = settings.learning_rate
+            self._parameterNode.patchSize = str(settings.patch_size)
+            self._parameterNode.cacheRate = settings.cache_rate
+        self.ui.planLabel.setText(_("Plan: ") + "; ".join(settings.rationale))
+
+    def trainingSettings(self):
+        import json
+
+        from VistaFinetuneLib.errors import UserError
+        from VistaFinetuneLib.panel.controller import TrainingSettings
+
+        try:
+            patch = json.loads(self._parameterNode.patchSize)
+        except ValueError:
+            patch = None
+        if not (isinstance(patch, list) and len(patch) == 3 and all(isinstance(x, int) and x > 0 for x in patch)):
+            raise UserError(
+                _("patch size {text!r}: write three positive integers, e.g. [128, 128, 128]").format(
+                    text=self._parameterNode.patchSize
+                )
+            )
+        return TrainingSettings(
+            epochs=self._parameterNode.epochs,
+            learning_rate=self._parameterNode.learningRate,
+            patch_size=patch,
+            cache_rate=self._parameterNode.cacheRate,
+            class_prompts_only=self._parameterNode.classPromptsOnly,
+        )
+
+    def onStart(self) -> None:
+        from VistaFinetuneLib.errors import UserError
+
+        try:
+            view = self.controller.start(
+                self.caseRows, self.mappingRows, self.catalog, self.trainingSettings(),
+                self.logic.bundleDir(self._parameterNode) if self._parameterNode.bundleDir else None,
+            )  # fmt: skip
+        except UserError as error:
+            self.showError(str(error))
+            return
+        self._parameterNode.runDir = str(self.controller.run_dir)
+        self.results = None
+        self.following = True
+        self.showProgress(view)
+        self.timer.start()
+        self.updateButtons()
+
+    def onCancel(self) -> None:
+        from VistaFinetuneLib.errors import UserError
+
+        try:
+            self.showProgress(self.controller.cancel())
+        except UserError as error:
+            self.showError(str(error))
+
+    def onReattach(self) -> None:
+        runDir = self.controller.latest_run()
+        if runDir is None:
+            self.showError(_("{folder}: no run folders to re-attach to").format(folder=self.controller.runs_root))
+            return
+        self.attachRun(str(runDir))
+
+    def attachRun(self, runDir: str) -> None:
+        view = self.controller.attach(Path(runDir))
+        self._parameterNode.runDir = str(self.controller.run_dir)
+        self.showProgress(view)
+        self.following = not view.finished
+        if view.finished:
+            self.showResults()
+        else:
+            self.timer.start()
+        self.updateButtons()
+
+    def onPollTimer(self) -> None:
+        """Everything slow is polled here, once a second; nothing here waits."""
+        for name, call in list(self.pending.items()):
+            if not call.done:
+                continue
+            del self.pending[name]
+            if call.error is not None:
+                self.showError(call.error)
+                if name == "cases":
+                    self.ui.casesStatusLabel.setText(call.error)
+            elif name == "environment":
+                self.showEnvironment(call.result)
+            elif name == "cases":
+                self.showCases(call.result)
+        if self.setupJobDir is not None:
+            self.pollSetupJob()
+        if self.following:
+            view = self.controller.poll()
+            self.showProgress(view)
+            if view.finished:
+                self.following = False
+                self.showResults()
+        if not self.pending and self.setupJobDir is None and not self.following:
+            self.timer.stop()
+        self.updateButtons()
+
+    def showProgress(self, view) -> None:
+        from VistaFinetuneLib.panel.curves import curve_picture
+
+        self.ui.progressBar.setValue(view.percent)
+        self.ui.progressLabel.setText(_(view.headline))
+        self.ui.etaLabel.setText(view.eta)
+        self.ui.logTextEdit.setPlainText("\n".join(view.log))
+        picture = curve_picture(view.loss, view.val_dice, view.max_epochs, PLOT_SIZE[0], PLOT_SIZE[1])
+        self.drawCurves(picture)
+
+    def drawCurves(self, picture) -> None:
+        pixmap = qt.QPixmap(picture.width, picture.height)
+        pixmap.fill(qt.QColor("white"))
+        painter = qt.QPainter(pixmap)
+        for points, color in ((picture.loss, "#808080"), (picture.dice, "#1a8f1a")):
+            pen = qt.QPen(qt.QColor(color))
+            pen.setWidth(2)
+            painter.setPen(pen)
+            for (x1, y1), (x2, y2) in zip(points, points[1:], strict=False):
+                painter.drawLine(x1, y1, x2, y2)
+        painter.setPen(qt.QPen(qt.QColor("black")))
+        painter.drawText(8, 14, picture.caption)
+        painter.end()
+        self.ui.curvesLabel.setPixmap(pixmap)
+
+    # --- Results and Review --------------------------------------------------------------------------------------
+
+    def showResults(self) -> None:
+        from VistaFinetuneLib.errors import UserError
+
+        try:
+            self.results = self.controller.results()
+        except UserError as error:
+            self.ui.verdictLabel.setText(str(error))
+            return
+        results = self.results
+        self.ui.verdictLabel.setText(results.verdict)
+        self.ui.reasonsLabel.setText("\n".join(results.reasons))
+        self.ui.resultsWarningLabel.setText("\n".join(results.warnings))
+        self.ui.resultsWarningLabel.setStyleSheet("color: #b00000" if results.warnings else "")
+        self.fillDiceTable(self.ui.resultsTableWidget, results.per_class)
+        self.ui.reviewCaseComboBox.clear()
+        for case in results.validation_cases:
+            self.ui.reviewCaseComboBox.addItem(case)
+        self.ui.resultsCollapsibleButton.collapsed = False
+        self.updateButtons()
+
+    def fillDiceTable(self, table, rows) -> None:
+        def number(value) -> str:
+            return "-" if value is None else f"{value:.4f}"
+
+        table.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            table.setItem(index, 0, qt.QTableWidgetItem(f"{row.class_id}: {row.name}"))
+            table.setItem(index, 1, qt.QTableWidgetItem(number(row.pretrained)))
+            table.setItem(index, 2, qt.QTableWidgetItem(number(row.finetuned)))
+            change = row.difference
+            table.setItem(index, 3, qt.QTableWidgetItem("-" if change is None else f"{change:+.4f}"))
+
+    def onOpenReview(self) -> None:
+        self.ui.reviewCollapsibleButton.collapsed = False
+        self.ui.reviewStatusLabel.setText(_("Choose a validation case and load it side by side."))
+
+    def onOpenReport(self) -> None:
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self.results.report_html)))
+
+    def onLoadReview(self) -> None:
+        from VistaFinetuneLib.errors import UserError
+        from VistaFinetuneLib.panel.results import prediction_files
+
+        case = self.ui.reviewCaseComboBox.currentText
+        self.fillDiceTable(self.ui.reviewTableWidget, self.results.per_case.get(case, []))
+        try:
+            predictions = prediction_files(self.results.run_dir, case)
+        except UserError as error:
+            self.ui.reviewStatusLabel.setText(str(error))
+            return
+        if not sceneLogicAvailable():
+            self.ui.reviewStatusLabel.setText(
+                _("Dice of {case} shown. Loading {files} side by side needs the scene logic ({package}), not in "
+                  "this build yet.").format(case=case, files=", ".join(p.name for p in predictions.values()),
+                                            package=SCENE_LOGIC_PACKAGE)
+            )  # fmt: skip
+            return
+        raise NotImplementedError(self.sceneLogicGap())
+
+    def onReviewRowClicked(self, row: int, column: int) -> None:
+        item = self.ui.reviewTableWidget.item(row, 0)
+        if item is None:
+            return
+        if not sceneLogicAvailable():
+            self.ui.reviewStatusLabel.setText(
+                _("Centring the views on {structure} needs the scene logic ({package}).").format(
+                    structure=item.text(), package=SCENE_LOGIC_PACKAGE
+                )
+            )
+            return
+        raise NotImplementedError(self.sceneLogicGap())
 
     def onReload(self) -> None:
         # Forget the engine package too, so that edits under VistaFinetuneLib are picked up on reload.
@@ -100,14 +648,16 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class VistaFinetuneLogic(ScriptedLoadableModuleLogic):
-    """Thin facade over the headless engine package VistaFinetuneLib.
+    """Where the panel's defaults come from, and the panel controller for a parameter node.
 
-    VistaFinetuneLib never imports torch or monai at import time, so using this logic keeps Slicer light;
-    the heavy work runs in separate job processes started by the engine.
+    VistaFinetuneLib never imports torch or monai at import time; the heavy work runs in job processes.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return VistaFinetuneParameterNode(super().getParameterNode())
 
     @staticmethod
     def engine():
@@ -116,8 +666,43 @@ class VistaFinetuneLogic(ScriptedLoadableModuleLogic):
     def engineVersion(self) -> str:
         return self.engine().__version__
 
-    def enginePath(self) -> str:
-        return os.path.dirname(os.path.abspath(self.engine().__file__))
+    @staticmethod
+    def userFolder() -> Path:
+        """Where the panel keeps runs and the managed job environment by default."""
+        return Path(os.environ.get("VISTAFINETUNE_HOME") or Path.home() / "VistaFinetune")
+
+    def managedEnvironmentDir(self) -> str:
+        return str(self.userFolder() / "job-environment")
+
+    @staticmethod
+    def slicerPython() -> str:
+        """The interpreter that runs Slicer's Python (PythonSlicer), used to create the managed environment."""
+        return shutil.which("PythonSlicer") or sys.executable
+
+    def setDefaultParameters(self, parameterNode) -> None:
+        if not parameterNode.runsFolder:
+            parameterNode.runsFolder = str(self.userFolder() / "runs")
+        if not parameterNode.jobPython:
+            managed = Path(self.managedEnvironmentDir()) / "bin" / "python"
+            parameterNode.jobPython = str(managed) if managed.is_file() else self.slicerPython()
+
+    def controller(self, parameterNode):
+        from VistaFinetuneLib.panel.controller import PanelController
+
+        return PanelController(Path(parameterNode.runsFolder), parameterNode.jobPython or self.slicerPython())
+
+    @staticmethod
+    def bundleDir(parameterNode) -> Path:
+        """The chosen bundle, or the tiny reference bundle's configs (for its label table and defaults)."""
+        from VistaFinetuneLib.resources import RESOURCES
+
+        return Path(parameterNode.bundleDir) if parameterNode.bundleDir else RESOURCES / "TinyBundle"
+
+    def catalog(self, bundleDir: str):
+        from VistaFinetuneLib.bundle.labels import LabelCatalog
+        from VistaFinetuneLib.resources import RESOURCES
+
+        return LabelCatalog.from_bundle(Path(bundleDir) if bundleDir else RESOURCES / "TinyBundle")
 
 
 #
@@ -148,6 +733,7 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
         before = set(sys.modules)
         try:
             engine = importlib.import_module(ENGINE_PACKAGE)
+            importlib.import_module(ENGINE_PACKAGE + ".panel.controller")
             added = set(sys.modules) - before
         finally:
             for name in [n for n in sys.modules if isEngineModule(n)]:
