@@ -84,11 +84,13 @@ class EffectScene:
         return found.reshape(shape)
 
 
-def build_effect_scene(seed: int = 11, segmentation_under_volume_transform: bool = True) -> EffectScene:
+def build_effect_scene(
+    seed: int = 11, segmentation_under_volume_transform: bool = True, scene: slicer.vtkMRMLScene | None = None
+) -> EffectScene:
     """The segmentation shares the volume's transform (its grid then coincides with the volume's), or sits under
     a transform of its own (its grid is then rotated against the volume's)."""
     image, labels, affine = synthetic.make_case(seed, 0, SPEC)
-    scene = slicer.vtkMRMLScene()
+    scene = scene or slicer.vtkMRMLScene()
     segmentations_logic = slicer.vtkSlicerSegmentationsModuleLogic()
     segmentations_logic.SetMRMLScene(scene)
 

@@ -2,7 +2,7 @@
 
 The GUI calls :meth:`PromptLogic.click` or :meth:`PromptLogic.segment_classes` (they return at once), polls
 :meth:`PromptLogic.collect` from a timer, and applies the writes ``collect`` hands it through the Segment Editor
-(``apply(segment_id, writes)``), one undoable step per result. Work on MRML nodes happens in these calls, on the
+(``apply({segment_id: writes})``: one ``saveStateForUndo``, then the writes), one undoable step per result. Work on MRML nodes happens in these calls, on the
 GUI's thread; the worker thread only writes the image file, talks to the worker and reads its output.
 """
 
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import vtk
 
+from VistaFinetuneLib.bundle.labels import normalise
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.interactive.class_list import ModelClass, point_rule
 from VistaFinetuneLib.interactive.models import ModelChoice
@@ -26,8 +28,9 @@ from VistaFinetuneLib.scene.segment_update import LabelmapWrite, changed_voxel_w
 from VistaFinetuneLib.scene.volume_grid import volume_voxels, volume_world_affine
 
 POINTS_ONLY_VALUE = 1  # the worker's value for a prediction from points without a class
+CLASS_TAG = "VISTA3D.classId"  # segment tag: the class a segment was made from
 
-Apply = Callable[[str, list[LabelmapWrite]], None]
+Apply = Callable[[dict[str, list[LabelmapWrite]]], None]
 
 
 @dataclass
@@ -41,6 +44,37 @@ class Pending:
     session: PointSession | None = None
     points: tuple[PointPrompt, ...] = ()
     note: str | None = None
+    recolour: frozenset[str] = frozenset()  # new segments, to take their class's colour from the legend
+
+
+def add_class_segment(segmentation_node, model_class: ModelClass) -> str:
+    """A new empty segment named after a class and tagged with its id; returns its id."""
+    segmentation = segmentation_node.GetSegmentation()
+    segment_id = segmentation.AddEmptySegment("", model_class.name)
+    segmentation.GetSegment(segment_id).SetTag(CLASS_TAG, str(model_class.id))
+    return segment_id
+
+
+def segment_class(segmentation_node, segment_id: str, classes: list[ModelClass]) -> ModelClass | None:
+    """The class a segment stands for: the one it was made from (its tag), else the class its name names."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id) if segment_id else None
+    if segment is None:
+        return None
+    tag = vtk.reference("")
+    if segment.GetTag(CLASS_TAG, tag) and str(tag).isdigit():
+        return next((c for c in classes if c.id == int(str(tag))), None)
+    name = normalise(segment.GetName())
+    return next((c for c in classes if normalise(c.name) == name), None)
+
+
+def colour_segments(segmentation_node, targets: dict[int, str], labels: dict) -> None:
+    """Give segments filled by class prompts the colour the worker's legend gives their class."""
+    for value, segment_id in targets.items():
+        segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+        colour = (labels.get(str(value)) or {}).get("color")
+        if segment is not None and isinstance(colour, list) and len(colour) == 3:
+            scale = 255.0 if max(colour) > 1 else 1.0
+            segment.SetColor(*(float(c) / scale for c in colour))
 
 
 @dataclass(frozen=True)
@@ -97,13 +131,16 @@ class PromptLogic:
         self.pending = Pending(ticket, volume_node, segmentation_node, {value: segment_id}, session, points, note)
         return ticket
 
-    def segment_classes(self, volume_node, segmentation_node, targets: dict[int, str]) -> Ticket:
-        """Segment the whole volume with class prompts; ``targets`` maps each class id to the segment to fill."""
+    def segment_classes(
+        self, volume_node, segmentation_node, targets: dict[int, str], new_segments: frozenset[str] = frozenset()
+    ) -> Ticket:
+        """Segment the whole volume with class prompts; ``targets`` maps each class id to the segment to fill
+        (``new_segments`` among them take their class's colour)."""
         self._refuse_when_busy()
         if not targets:
             raise UserError("choose at least one class to segment")
         ticket = self._predict(volume_node, {"classes": sorted(targets)})
-        self.pending = Pending(ticket, volume_node, segmentation_node, dict(targets))
+        self.pending = Pending(ticket, volume_node, segmentation_node, dict(targets), recolour=frozenset(new_segments))
         return ticket
 
     def _refuse_when_busy(self) -> None:
@@ -174,21 +211,23 @@ class PromptLogic:
         self.pending = None
         ticket = pending.ticket
         if ticket.error is not None:
-            notice = self.client.notice
-            self.client.notice = None
-            message = str(ticket.error) + (f" ({notice})" if notice and notice not in str(ticket.error) else "")
-            return Outcome(False, message, ticket.seconds)
+            return Outcome(False, str(ticket.error), ticket.seconds)
         labels, response = ticket.result["labels"], ticket.result["response"]
-        changed = 0
-        for value, segment_id in pending.targets.items():
-            prediction = labels == value
-            previous = pending.session.previous_prediction() if pending.session is not None else None
-            writes = changed_voxel_writes(previous, prediction, pending.volume_node, pending.segmentation_node)
-            apply(segment_id, writes)
-            changed += sum(w.voxels for w in writes)
-            if pending.session is not None:
-                fingerprint = segment_fingerprint(pending.segmentation_node, segment_id)
-                pending.session.record(pending.points, prediction, fingerprint)
+        previous = pending.session.previous_prediction() if pending.session is not None else None
+        predictions = {segment_id: labels == value for value, segment_id in pending.targets.items()}
+        writes = {
+            segment_id: changed_voxel_writes(previous, prediction, pending.volume_node, pending.segmentation_node)
+            for segment_id, prediction in predictions.items()
+        }
+        if any(writes.values()):
+            apply(writes)
+        recolour = {value: segment for value, segment in pending.targets.items() if segment in pending.recolour}
+        colour_segments(pending.segmentation_node, recolour, response.get("labels") or {})
+        if pending.session is not None:
+            ((segment_id, prediction),) = predictions.items()
+            fingerprint = segment_fingerprint(pending.segmentation_node, segment_id)
+            pending.session.record(pending.points, prediction, fingerprint)
+        changed = sum(w.voxels for segment_writes in writes.values() for w in segment_writes)
         seconds = time.monotonic() - ticket.submitted
         worker_seconds = (response.get("timings") or {}).get("total_s")
         message = f"{changed} voxels changed in {seconds:.2f} s"

@@ -126,16 +126,17 @@ def changed_voxel_writes(
 
 
 def apply_with_editor_logic(
-    editor_logic: slicer.vtkSlicerSegmentEditorLogic, segmentation_node, segment_id: str, writes: list[LabelmapWrite]
+    editor_logic: slicer.vtkSlicerSegmentEditorLogic, segmentation_node, writes: dict[str, list[LabelmapWrite]]
 ) -> None:
-    """Apply writes headless through Slicer's own Segment Editor logic, as one undoable step."""
-    if not writes:
+    """Apply writes (segment id -> writes) headless through Slicer's own Segment Editor logic, as one undo step."""
+    if not any(writes.values()):
         return
     editor_logic.SaveStateForUndo()
-    for write in writes:
-        editor_logic.ModifySegmentByLabelmap(
-            segmentation_node, segment_id, write.labelmap, EDITOR_MODES[write.mode], True, False
-        )
+    for segment_id, segment_writes in writes.items():
+        for write in segment_writes:
+            editor_logic.ModifySegmentByLabelmap(
+                segmentation_node, segment_id, write.labelmap, EDITOR_MODES[write.mode], True, False
+            )
 
 
 def segment_fingerprint(segmentation_node, segment_id: str) -> str:
