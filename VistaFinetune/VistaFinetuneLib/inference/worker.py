@@ -373,7 +373,8 @@ def start_worker(
     use_socket: bool = False,
     parent_pid: int | None = None,
 ) -> int:
-    """Load the models, announce readiness, and serve stdin (and the socket) until told to stop."""
+    """Load the models, announce readiness, and serve stdin (and the socket) until told to stop; then exit the
+    process (code 0). Returns only when a model cannot be loaded (code 2, after an error line)."""
     reply = protocol_stdout()
     worker = Worker(output_dir, build_predictor)
     try:
@@ -409,4 +410,6 @@ def start_worker(
     )
     threading.Thread(target=read_stdin, args=(worker, reply), daemon=True).start()
     worker.serve()
-    return 0
+    sys.stderr.flush()
+    # The reader threads are blocked in reads; the interpreter's shutdown would abort on them, so end here.
+    os._exit(0)
