@@ -20,11 +20,10 @@ import sys
 import types
 from pathlib import Path
 
+import slicer
 import vtk
 from PySide6 import QtCore, QtWidgets
 from slicer_app_standin import SlicerAppStandIn
-
-import slicer
 
 MODIFICATION_MODES = {"ModificationModeSet": 0, "ModificationModeAdd": 1, "ModificationModeRemove": 2,
                       "ModificationModeRemoveAll": 3}  # fmt: skip

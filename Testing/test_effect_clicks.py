@@ -108,8 +108,8 @@ def test_writes_change_only_what_the_new_prediction_changed_and_undo_takes_them_
     scene = build_effect_scene(seed=12)
     shape = scene.labels.shape
     painted = box_mask(shape, (2, 2, 2), (8, 8, 6))  # the user's own voxels, far from the predictions
-    apply_with_editor_logic(scene.editor, scene.segmentation,
-                            {scene.segment_id: changed_voxel_writes(None, painted, scene.volume, scene.segmentation)})  # fmt: skip
+    writes = changed_voxel_writes(None, painted, scene.volume, scene.segmentation)
+    apply_with_editor_logic(scene.editor, scene.segmentation, {scene.segment_id: writes})
     np.testing.assert_array_equal(scene.segment_on_volume_grid(), painted)
     session = PointSession(("test",))
     session.sync(segment_fingerprint(scene.segmentation, scene.segment_id))
@@ -144,8 +144,8 @@ def test_writes_change_only_what_the_new_prediction_changed_and_undo_takes_them_
 def test_writes_land_at_the_same_world_position_in_a_segmentation_under_another_transform():
     scene = build_effect_scene(seed=13, segmentation_under_volume_transform=False)
     prediction = scene.labels == 1
-    apply_with_editor_logic(scene.editor, scene.segmentation,
-                            {scene.segment_id: changed_voxel_writes(None, prediction, scene.volume, scene.segmentation)})  # fmt: skip
+    writes = changed_voxel_writes(None, prediction, scene.volume, scene.segmentation)
+    apply_with_editor_logic(scene.editor, scene.segmentation, {scene.segment_id: writes})
     found = scene.segment_on_volume_grid()
     dice = 2 * (found & prediction).sum() / (found.sum() + prediction.sum())
     assert dice > 0.9  # resampled onto a grid rotated against the volume's: only the surface voxels may differ

@@ -4,8 +4,8 @@ from pathlib import Path
 import qt
 import slicer
 import vtk
-from slicer.i18n import tr as _
 from SegmentEditorEffects import *
+from slicer.i18n import tr as _
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
 from VistaFinetuneLib.errors import UserError
@@ -77,13 +77,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon(iconPath) if os.path.exists(iconPath) else qt.QIcon()
 
     def helpText(self):
-        return "<html>" + _(
-            "Segment with NVIDIA's VISTA3D, pretrained or finetuned with VistaFinetune.<br>"
-            "<b>Class prompts:</b> choose classes and click <i>Segment classes</i>.<br>"
-            "<b>Clicks:</b> left-click in a slice view adds a positive point (Shift+click: negative) to the selected "
-            "segment; every click refines the same segment, and Undo takes a click back.<br>"
-            "The model runs in a separate worker process that starts on the first request and stays warm."
-        ) + "</html>"
+        return (
+            "<html>"
+            + _(
+                "Segment with NVIDIA's VISTA3D, pretrained or finetuned with VistaFinetune.<br>"
+                "<b>Class prompts:</b> choose classes and click <i>Segment classes</i>.<br>"
+                "<b>Clicks:</b> left-click in a slice view adds a positive point (Shift+click: negative) to the selected "
+                "segment; every click refines the same segment, and Undo takes a click back.<br>"
+                "The model runs in a separate worker process that starts on the first request and stays warm."
+            )
+            + "</html>"
+        )
 
     # Options panel
 
@@ -263,7 +267,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             if not segmentId:
                 raise UserError(_("Select the segment to click on first."))
             prompt = click_to_prompt(sliceNode, (float(xy[0]), float(xy[1])), volumeNode, positive)
-            self.logic.click(volumeNode, segmentationNode, segmentId, prompt, self.segmentClass(segmentationNode, segmentId))
+            modelClass = self.segmentClass(segmentationNode, segmentId)
+            self.logic.click(volumeNode, segmentationNode, segmentId, prompt, modelClass)
         except UserError as error:
             self.showStatus(str(error))
             return
@@ -338,7 +343,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 if segmentId == selectedId:
                     self.scriptedEffect.modifySelectedSegmentByLabelmap(write.labelmap, modes[write.mode])
                 else:
-                    self.scriptedEffect.modifySegmentByLabelmap(segmentationNode, segmentId, write.labelmap, modes[write.mode])
+                    self.scriptedEffect.modifySegmentByLabelmap(
+                        segmentationNode, segmentId, write.labelmap, modes[write.mode]
+                    )
 
     def showMarkers(self, points=None):
         if self.markers is None:

@@ -2,8 +2,12 @@
 
 The GUI calls :meth:`PromptLogic.click` or :meth:`PromptLogic.segment_classes` (they return at once), polls
 :meth:`PromptLogic.collect` from a timer, and applies the writes ``collect`` hands it through the Segment Editor
-(``apply({segment_id: writes})``: one ``saveStateForUndo``, then the writes), one undoable step per result. Work on MRML nodes happens in these calls, on the
-GUI's thread; the worker thread only writes the image file, talks to the worker and reads its output.
+(``apply({segment_id: writes})``: one ``saveStateForUndo``, then the writes), one undoable step per result.
+Work on MRML nodes happens in these calls, on the GUI's thread; the worker thread only writes the image file,
+talks to the worker and reads its output.
+
+The voxel under each click always follows the click (in for a positive point, out for a negative one), whatever
+the model answers there; every other voxel is the model's.
 """
 
 from __future__ import annotations
@@ -215,6 +219,9 @@ class PromptLogic:
         labels, response = ticket.result["labels"], ticket.result["response"]
         previous = pending.session.previous_prediction() if pending.session is not None else None
         predictions = {segment_id: labels == value for value, segment_id in pending.targets.items()}
+        for prediction in predictions.values():
+            for point in pending.points:  # the voxel under a click always follows the click
+                prediction[point.ijk] = point.positive
         writes = {
             segment_id: changed_voxel_writes(previous, prediction, pending.volume_node, pending.segmentation_node)
             for segment_id, prediction in predictions.items()
