@@ -3,7 +3,10 @@ a segmentation under another transform, real slice nodes and Slicer's Segment Ed
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import slicer
@@ -152,3 +155,13 @@ def xy_of(slice_node: slicer.vtkMRMLSliceNode, ras: np.ndarray) -> tuple[float, 
     xy = np.linalg.inv(matrix_to_array(slice_node.GetXYToRAS())) @ np.append(ras, 1.0)
     assert abs(xy[2]) < 1e-6, "the point is not on the slice plane"
     return float(xy[0]), float(xy[1])
+
+
+def copy_run_with_names(run_dir: Path, runs_root: Path, name: str, class_names: dict[str, str]) -> Path:
+    """A copy of a finished run whose run.json records the names the user gave its classes."""
+    copy = runs_root / name
+    shutil.copytree(run_dir, copy)
+    record = json.loads((copy / "run.json").read_text())
+    record["class_names"] = class_names
+    (copy / "run.json").write_text(json.dumps(record))
+    return copy

@@ -25,8 +25,11 @@ import vtk
 from PySide6 import QtCore, QtWidgets
 from slicer_app_standin import SlicerAppStandIn
 
-MODIFICATION_MODES = {"ModificationModeSet": 0, "ModificationModeAdd": 1, "ModificationModeRemove": 2,
-                      "ModificationModeRemoveAll": 3}  # fmt: skip
+# The adaptor's ModificationMode* constants have the values of the logic's (Set, Add, Remove, RemoveAll).
+MODIFICATION_MODES = {
+    name: getattr(slicer.vtkSlicerSegmentEditorLogic, name)
+    for name in ("ModificationModeSet", "ModificationModeAdd", "ModificationModeRemove", "ModificationModeRemoveAll")
+}
 
 
 class SignalStandIn(QtCore.QObject):
@@ -90,13 +93,13 @@ class ScriptedEffectStandIn:
     def modifySelectedSegmentByLabelmap(self, labelmap, mode) -> None:
         self._sync()
         self.editorLogic.ModifySegmentByLabelmap(
-            self.editorNode.GetSegmentationNode(), self.editorNode.GetSelectedSegmentID(), labelmap, int(mode),
+            self.editorNode.GetSegmentationNode(), self.editorNode.GetSelectedSegmentID(), labelmap, mode,
             self.perSegment, False,
         )  # fmt: skip
 
     def modifySegmentByLabelmap(self, segmentationNode, segmentId, labelmap, mode) -> None:
         self._sync()
-        self.editorLogic.ModifySegmentByLabelmap(segmentationNode, segmentId, labelmap, int(mode), self.perSegment,
+        self.editorLogic.ModifySegmentByLabelmap(segmentationNode, segmentId, labelmap, mode, self.perSegment,
                                                  False)  # fmt: skip
 
 
@@ -126,8 +129,6 @@ class SegmentEditorStandIn(SlicerAppStandIn):
     def __init__(self, temporaryPath: Path) -> None:
         super().__init__()
         self.temporaryPath = Path(temporaryPath)
-        self.editorNode = None
-        self.editorLogic = None
 
     def install(self) -> SegmentEditorStandIn:
         super().install()
@@ -137,28 +138,17 @@ class SegmentEditorStandIn(SlicerAppStandIn):
         self._savedModules.setdefault("SegmentEditorEffects", sys.modules.get("SegmentEditorEffects"))
         sys.modules["SegmentEditorEffects"] = effects
         self._set(self.slicer, "qSlicerSegmentEditorAbstractEffect", types.SimpleNamespace(**MODIFICATION_MODES))
-        application = self.slicer.app
-        application.temporaryPath = str(self.temporaryPath)
-        application.aboutToQuit = SignalStandIn()
-        self.segmentationsLogic = slicer.vtkSlicerSegmentationsModuleLogic()
-        self.segmentationsLogic.SetMRMLScene(self.scene)
-        self.editorNode = slicer.vtkMRMLSegmentEditorNode()
-        self.scene.AddNode(self.editorNode)
-        self.editorLogic = slicer.vtkSlicerSegmentEditorLogic()
-        self.editorLogic.SetMRMLScene(self.scene)
-        self.editorLogic.SetSegmentEditorNode(self.editorNode)
+        self.slicer.app.temporaryPath = str(self.temporaryPath)
+        self.slicer.app.aboutToQuit = SignalStandIn()
         return self
 
-    def createEffect(self, effectFile: Path):
-        """Load an effect file the way setPythonSource does (module = folder, class = SegmentEditorEffect)."""
+    def createEffect(self, effectFile: Path, editorNode, editorLogic):
+        """Load an effect file as setPythonSource does (class SegmentEditorEffect) with an adaptor on the given
+        segment editor node and logic (of the stand-in's scene)."""
         import importlib.util
 
-        folder = str(Path(effectFile).parent.parent)
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
         spec = importlib.util.spec_from_file_location(f"{Path(effectFile).parent.name}_standin", effectFile)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        adaptor = ScriptedEffectStandIn(self.scene, self.editorNode, self.editorLogic)
-        effect = module.SegmentEditorEffect(adaptor)
-        return effect, module
+        adaptor = ScriptedEffectStandIn(self.scene, editorNode, editorLogic)
+        return module.SegmentEditorEffect(adaptor), module

@@ -6,16 +6,14 @@ Segment Editor logic (slicer-core): positive and negative clicks, undo, model sw
 after the worker died.
 """
 
-import json
 import os
-import shutil
 import signal
 import sys
 import time
 
 import numpy as np
 import pytest
-from effect_scene import build_effect_scene, xy_of
+from effect_scene import build_effect_scene, copy_run_with_names, xy_of
 from scipy import ndimage
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
@@ -115,14 +113,7 @@ def test_positive_then_negative_clicks_and_undo(worker, ct, liver_class):
 
 @pytest.fixture(scope="module")
 def named_run(smoke_run_dir, tmp_path_factory):
-    """A copy of the finished smoke run whose run.json records the names the user gave its classes."""
-    runs = tmp_path_factory.mktemp("runs")
-    run_dir = runs / "kidney-run"
-    shutil.copytree(smoke_run_dir, run_dir)
-    record = json.loads((run_dir / "run.json").read_text())
-    record["class_names"] = {"14": "My left kidney"}
-    (run_dir / "run.json").write_text(json.dumps(record))
-    return run_dir
+    return copy_run_with_names(smoke_run_dir, tmp_path_factory.mktemp("runs"), "kidney-run", {"14": "My left kidney"})
 
 
 def test_switching_models_loads_the_run_once_and_starts_new_point_sessions(worker, ct, liver_class, named_run):

@@ -82,8 +82,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             + _(
                 "Segment with NVIDIA's VISTA3D, pretrained or finetuned with VistaFinetune.<br>"
                 "<b>Class prompts:</b> choose classes and click <i>Segment classes</i>.<br>"
-                "<b>Clicks:</b> left-click in a slice view adds a positive point (Shift+click: negative) to the selected "
-                "segment; every click refines the same segment, and Undo takes a click back.<br>"
+                "<b>Clicks:</b> left-click in a slice view adds a positive point (Shift+click: negative) to the "
+                "selected segment; every click refines the same segment, and Undo takes a click back.<br>"
                 "The model runs in a separate worker process that starts on the first request and stays warm."
             )
             + "</html>"
@@ -300,6 +300,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.cancelButton.enabled = True
         self.pollTimer.start()
 
+    def stopWaiting(self):
+        self.pollTimer.stop()
+        self.applyButton.enabled = True
+        self.cancelButton.enabled = False
+
     def onCancel(self):
         if self.logic is not None:
             self.logic.client.cancel()
@@ -312,12 +317,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # Results
 
     def onPoll(self):
-        outcome = self.logic.collect(self.applyWrites) if self.logic is not None else None
+        try:
+            outcome = self.logic.collect(self.applyWrites) if self.logic is not None else None
+        except Exception as error:  # never leave the timer firing into the same failure
+            self.stopWaiting()
+            self.showStatus(_("Writing the result failed: {error}").format(error=error))
+            raise
         if outcome is None:
             return
-        self.pollTimer.stop()
-        self.applyButton.enabled = True
-        self.cancelButton.enabled = False
+        self.stopWaiting()
         text = outcome.message
         if outcome.ok and outcome.worker_seconds is not None:
             text += _(" (worker {seconds:.2f} s)").format(seconds=outcome.worker_seconds)

@@ -33,16 +33,17 @@ class ModelClass:
 
 
 def model_classes(catalog: LabelCatalog, choice: ModelChoice) -> list[ModelClass]:
-    """The finetuned classes first (user names), then the bundle's classes in id order."""
-    finetuned = dict(choice.class_names) if not choice.is_pretrained else {}
+    """A run's classes first, under the user's names (tagged finetuned when the run's own checkpoint is used),
+    then the bundle's other classes in id order."""
+    named = dict(choice.class_names)
     classes = []
-    for class_id in sorted(finetuned):
-        name = finetuned[class_id]
+    for class_id in sorted(named):
+        name = named[class_id]
         if name == f"class {class_id}" and class_id in catalog.classes:
             name = catalog.classes[class_id].name
-        classes.append(ModelClass(class_id, name, True, False))
+        classes.append(ModelClass(class_id, name, not choice.is_pretrained, False))
     for entry in catalog.classes.values():
-        if entry.id not in finetuned and not entry.deprecated:
+        if entry.id not in named and not entry.deprecated:
             classes.append(ModelClass(entry.id, entry.name, False, entry.id in SUBCLASS_PARENTS))
     return classes
 
