@@ -94,6 +94,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def setupOptionsFrame(self):
         self.modelSelector = qt.QComboBox()
         self.modelSelector.toolTip = _("The pretrained bundle, or the recommended checkpoint of a finished finetune")
+        # Run titles are long (name, date, classes, Dice): keep them from widening the Segment Editor's panel.
+        self.modelSelector.setSizeAdjustPolicy(qt.QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.modelSelector.setMinimumContentsLength(24)
         self.refreshModelsButton = qt.QPushButton(_("Refresh"))
         self.refreshModelsButton.toolTip = _("List the finished finetune runs again")
         modelRow = qt.QHBoxLayout()
@@ -177,10 +180,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         titles = [choice.title for choice in self.models]
         self.modelSelector.setCurrentIndex(titles.index(current) if current in titles else 0)
         self.modelSelector.blockSignals(wasBlocked)
+        client = sharedWorkerClient(python, bundleDir)
+        if self.logic is None or self.logic.client is not client:
+            self.logic = PromptLogic(client, self.models[0])
         self.onModelChanged(self.modelSelector.currentIndex)
-        if self.logic is None or self.logic.client.bundle_dir != Path(bundleDir):
-            self.logic = PromptLogic(sharedWorkerClient(python, bundleDir), self.models[0])
-            self.onModelChanged(self.modelSelector.currentIndex)
 
     def onModelChanged(self, index):
         if not 0 <= index < len(self.models) or self.catalog is None:
