@@ -165,8 +165,9 @@ def progress_view(state: control.JobState, loss: list[tuple[float, float]]) -> P
         percent, headline = 100, "Finished: see Results."
     elif state.state in ("failed", "cancelled", "stale", "unknown"):
         percent = 0
+        errors = [line.removeprefix("error: ") for line in state.log_tail if line.startswith("error: ")]
         headline = {
-            "failed": "The run failed: see the log.",
+            "failed": f"The run failed: {errors[-1]}" if errors else "The run failed: see the log.",
             "cancelled": "Cancelled.",
             "stale": "The job stopped without finishing (Slicer or the machine restarted?): start it again to resume.",
             "unknown": "No job in this folder, or it runs on another machine.",
@@ -213,7 +214,7 @@ class PanelController:
         """A fresh run folder under the runs folder, named by the time."""
         name = time.strftime("finetune-%Y%m%d-%H%M%S")
         candidate, index = self.runs_root / name, 1
-        while candidate.exists() or training_data_path(candidate).exists():
+        while candidate.exists() or training_data_path(candidate).parent.exists():
             index += 1
             candidate = self.runs_root / f"{name}-{index}"
         return candidate
