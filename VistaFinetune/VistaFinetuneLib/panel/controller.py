@@ -209,6 +209,7 @@ class PanelController:
         self.run_dir: Path | None = None
         self._loss: dict[tuple[int, int], float] = {}
         self._iterations_per_epoch = 0
+        self._last_percent = 0  # a running job between its last phase and its exit is finishing, not starting
 
     def new_run_dir(self) -> Path:
         """A fresh run folder under the runs folder, named by the time."""
@@ -243,6 +244,7 @@ class PanelController:
         """Follow the run in ``run_dir`` (running or finished), e.g. after Slicer restarted."""
         self.run_dir = Path(run_dir).absolute()
         self._loss = {}
+        self._last_percent = 0
         return self.poll()
 
     def latest_run(self) -> Path | None:
@@ -262,7 +264,11 @@ class PanelController:
             self._loss[(state.epoch, state.iteration or 0)] = state.loss
         per_epoch = max(self._iterations_per_epoch, 1)
         loss = [(epoch - 1 + iteration / per_epoch, value) for (epoch, iteration), value in sorted(self._loss.items())]
-        return progress_view(state, loss)
+        view = progress_view(state, loss)
+        if view.state == "running" and state.phase is None and self._last_percent > 0:
+            view.percent, view.headline = self._last_percent, "Finishing"
+        self._last_percent = view.percent if view.state == "running" else 0
+        return view
 
     def cancel(self) -> ProgressView:
         """Ask the followed job to stop (SIGTERM, then SIGKILL after the grace period); returns at once."""
