@@ -108,7 +108,7 @@ def test_a_prediction_of_another_case_is_refused(ct_and_predictions, tmp_path):
     nib.save(nib.Nifti1Image(arrays["pretrained"], far), tmp_path / "far.nii.gz")
     with pytest.raises(UserError, match='far.nii.gz: the prediction does not overlap volume "CT 2"'):
         import_comparison({"pretrained": tmp_path / "far.nii.gz"}, volume, ClassNaming(CATALOG), "CT 2")
-    with pytest.raises(UserError, match="missing.nii.gz: the label file does not exist"):
+    with pytest.raises(UserError, match="missing.nii.gz: the file does not exist"):
         import_comparison({"pretrained": tmp_path / "missing.nii.gz"}, volume, ClassNaming(CATALOG), "CT 2")
 
 

@@ -66,14 +66,21 @@ def write_nifti(volume_node: slicer.vtkMRMLVolumeNode, path: Path) -> Path:
     return path
 
 
-def read_labelmap(scene: slicer.vtkMRMLScene, path: Path, name: str) -> slicer.vtkMRMLLabelMapVolumeNode:
-    """Read a label NIfTI into a new labelmap node of ``scene``."""
+def read_volume(
+    scene: slicer.vtkMRMLScene, path: Path, name: str, class_name: str = "vtkMRMLScalarVolumeNode"
+) -> slicer.vtkMRMLVolumeNode:
+    """Read a NIfTI into a new volume node (scalar, or ``vtkMRMLLabelMapVolumeNode``) of ``scene``."""
     if not Path(path).is_file():
-        raise UserError(f"{path}: the label file does not exist")
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+        raise UserError(f"{path}: the file does not exist")
+    node = scene.AddNewNodeByClass(class_name, name)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
     if not storage.ReadData(node) or node.GetImageData() is None:
         scene.RemoveNode(node)
-        raise UserError(f"{path}: cannot read it as a label volume")
+        raise UserError(f"{path}: cannot read it as a volume")
     return node
+
+
+def read_labelmap(scene: slicer.vtkMRMLScene, path: Path, name: str) -> slicer.vtkMRMLLabelMapVolumeNode:
+    """Read a label NIfTI into a new labelmap node of ``scene``."""
+    return read_volume(scene, path, name, "vtkMRMLLabelMapVolumeNode")
