@@ -150,7 +150,7 @@ def test_bad_input_is_named(first, choices, message, tmp_path):
     assert not (tmp_path / "dataset" / "datalist.json").exists()
 
 
-def test_a_volume_without_segmentation_and_a_missing_validation_choice_are_named(tmp_path):
+def test_a_volume_without_segmentation_a_missing_validation_choice_and_a_transform_are_named(tmp_path):
     cases = two_cases(new_scene(), lambda m, a: {"Liver": (m, a)})
     choices = {"Liver": ClassChoice(1, "name")}
     with pytest.raises(UserError, match='volume "CT 2" has no segmentation'):
@@ -158,6 +158,11 @@ def test_a_volume_without_segmentation_and_a_missing_validation_choice_are_named
     with pytest.raises(UserError, match="0 of 2 cases are marked for validation"):
         export_training_set([cases[0], ExportCase(cases[1].volume, cases[1].segmentation, False)], choices, CATALOG,
                             tmp_path / "b")  # fmt: skip
+    moved = cases[0].volume.GetScene().AddNewNodeByClass("vtkMRMLLinearTransformNode", "Registration")
+    cases[0].volume.SetAndObserveTransformNodeID(moved.GetID())
+    with pytest.raises(UserError, match='volume "CT 1" is under the transform "Registration"; harden it'):
+        export_training_set(cases, choices, CATALOG, tmp_path / "t")
+    cases[0].volume.SetAndObserveTransformNodeID(None)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "mine.txt").write_text("the user's")
     with pytest.raises(UserError, match="already holds files"):

@@ -82,6 +82,12 @@ def _check_cases(cases: list[ExportCase]) -> None:
     if not cases:
         raise UserError("no cases chosen: pick at least one volume with its segmentation")
     for case in cases:
+        if case.volume.GetParentTransformNode() is not None:
+            raise UserError(
+                f'volume "{case.volume.GetName()}" is under the transform '
+                f'"{case.volume.GetParentTransformNode().GetName()}"; harden it (or remove it) before exporting, '
+                "so that the exported file has the geometry you see"
+            )
         if case.segmentation is None:
             raise UserError(
                 f'volume "{case.volume.GetName()}" has no segmentation; choose the segmentation drawn on it, '
