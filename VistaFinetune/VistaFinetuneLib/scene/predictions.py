@@ -62,16 +62,17 @@ class ClassNaming:
         return None if entry is None else entry.serialized()
 
 
+def _ras_bounds(node: slicer.vtkMRMLVolumeNode) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest RAS coordinates of the node's voxel centres."""
+    shape = np.asarray(nodes.voxels(node).shape)
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) * (shape - 1)
+    ras = grid_to_ras(nodes.ijk_to_ras(node), corners)
+    return ras.min(axis=0), ras.max(axis=0)
+
+
 def _check_overlap(labelmap: slicer.vtkMRMLLabelMapVolumeNode, volume: slicer.vtkMRMLScalarVolumeNode, path: Path):
     """Refuse a prediction whose grid lies entirely outside the CT's bounding box."""
-
-    def box(node):
-        shape = np.asarray(nodes.voxels(node).shape)
-        corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) * (shape - 1)
-        ras = grid_to_ras(nodes.ijk_to_ras(node), corners)
-        return ras.min(axis=0), ras.max(axis=0)
-
-    (low_a, high_a), (low_b, high_b) = box(labelmap), box(volume)
+    (low_a, high_a), (low_b, high_b) = _ras_bounds(labelmap), _ras_bounds(volume)
     if np.any(high_a < low_b - 1e-3) or np.any(high_b < low_a - 1e-3):
         raise UserError(f'{path}: the prediction does not overlap volume "{volume.GetName()}" (another case?)')
 
