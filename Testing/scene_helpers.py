@@ -10,7 +10,6 @@ from vtkmodules.util import numpy_support
 from VistaFinetuneLib.data import synthetic
 from VistaFinetuneLib.scene import nodes
 
-GROUND_TRUTH_COLOURS = {"liver": (0.9, 0.5, 0.4), "spleen": (0.6, 0.4, 0.6), "left kidney": (0.7, 0.4, 0.3)}
 ORGAN_VALUES = synthetic.MICRO_SPEC.label_values  # liver 1, spleen 2, left kidney 3
 
 
