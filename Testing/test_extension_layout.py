@@ -107,6 +107,9 @@ def test_extension_icon_url_points_at_repository_file():
     assert (ROOT / match.group(1)).is_file(), f"EXTENSION_ICONURL names {match.group(1)}, which does not exist"
     screenshots = cmakeString(cmakeText(EXTENSION_CMAKE), "EXTENSION_SCREENSHOTURLS").split()
     assert screenshots and all(url.startswith("https://raw.githubusercontent.com/") for url in screenshots)
+    for url in screenshots:
+        path = re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(.+)", url).group(1)
+        assert (ROOT / path).is_file(), f"EXTENSION_SCREENSHOTURLS names {path}, which does not exist"
 
 
 # (c) ExtensionsIndex catalog entry

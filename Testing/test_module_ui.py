@@ -1,149 +1,144 @@
-"""The module panel's .ui loads outside Slicer, and every widget the module script uses exists in it.
+"""The module panel's .ui loads under SlicerAppStandIn, every widget and widget attribute the module script uses
+exists there, and the module never imports torch or monai (read statically and checked at run time)."""
 
-Slicer's CTK and qMRML widgets cannot be created without Slicer, so small PySide6 stand-ins with the same
-class names take their place; this checks the .ui structure and names, not Slicer's widgets themselves.
-"""
-
-import os
+import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
-os.environ["QT_QPA_PLATFORM"] = "offscreen"  # must be set before Qt is imported
-
 import pytest
-from PySide6.QtCore import SIGNAL, Property, QFile, QIODevice, Signal, Slot
-from PySide6.QtUiTools import QUiLoader
-from PySide6.QtWidgets import QApplication, QComboBox, QGroupBox, QWidget
+from slicer_app_standin import CUSTOM_WIDGETS, SlicerAppStandIn
 
 pytestmark = pytest.mark.unit
 
-MODULE_DIR = Path(__file__).resolve().parents[1] / "VistaFinetune"
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "VistaFinetune"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "VistaFinetune.ui"
 MODULE_SCRIPT = MODULE_DIR / "VistaFinetune.py"
-
-
-# Stand-ins for Slicer's CTK/qMRML widgets, which cannot exist without Slicer.
-# Their class names must match the <customwidget> class names in the .ui file.
-
-
-class ctkCollapsibleButton(QGroupBox):
-    """Stand-in: a collapsible section; its header text maps to the group box title."""
-
-    def _getText(self) -> str:
-        return self.title()
-
-    def _setText(self, text: str) -> None:
-        self.setTitle(text)
-
-    text = Property(str, _getText, _setText)
-
-
-class qMRMLNodeComboBox(QComboBox):
-    """Stand-in: a node selector; it only remembers the properties the .ui sets."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._nodeTypes: list[str] = []
-        self._showChildNodeTypes = True
-        self._addEnabled = True
-        self._removeEnabled = True
-
-    def _getNodeTypes(self) -> list:
-        return self._nodeTypes
-
-    def _setNodeTypes(self, value: list) -> None:
-        self._nodeTypes = list(value)
-
-    nodeTypes = Property("QStringList", _getNodeTypes, _setNodeTypes)
-    showChildNodeTypes = Property(
-        bool, lambda self: self._showChildNodeTypes, lambda self, v: setattr(self, "_showChildNodeTypes", v)
-    )
-    addEnabled = Property(bool, lambda self: self._addEnabled, lambda self, v: setattr(self, "_addEnabled", v))
-    removeEnabled = Property(bool, lambda self: self._removeEnabled, lambda self, v: setattr(self, "_removeEnabled", v))
-
-    # Declared with Slicer's C++ signature so that the .ui's connections resolve; never called here.
-    @Slot("vtkMRMLScene*")
-    def setMRMLScene(self, scene) -> None:
-        """Nothing to do in a stand-in."""
-
-
-class qMRMLWidget(QWidget):
-    """Stand-in: the panel's top-level widget, which broadcasts the MRML scene to its children."""
-
-    # Declared with Slicer's C++ signature so that the .ui's connections resolve. PySide6 cannot marshal an
-    # unknown vtkMRMLScene* argument, so the tests count the connections instead of emitting the signal.
-    mrmlSceneChanged = Signal("vtkMRMLScene*")
+SECTIONS = ["Setup", "Training data", "Class mapping", "Training", "Results", "Review"]
+HEAVY = ("torch", "monai")
 
 
 @pytest.fixture(scope="module")
-def app():
-    return QApplication.instance() or QApplication([])
+def standIn():
+    standIn = SlicerAppStandIn().install()
+    yield standIn
+    standIn.uninstall()
 
 
-@pytest.fixture
-def panel(app):
-    loader = QUiLoader()
-    for standIn in (ctkCollapsibleButton, qMRMLNodeComboBox, qMRMLWidget):
-        loader.registerCustomWidget(standIn)
-    uiFile = QFile(str(UI_FILE))
-    assert uiFile.open(QIODevice.OpenModeFlag.ReadOnly), f"cannot open {UI_FILE}"
-    try:
-        widget = loader.load(uiFile)
-    finally:
-        uiFile.close()
-    assert widget is not None, loader.errorString()
+@pytest.fixture(scope="module")
+def panel(standIn):
+    import slicer.util
+
+    widget = slicer.util.loadUI(str(UI_FILE))
     yield widget
     widget.deleteLater()
 
 
-def referencedUiNames() -> set[str]:
-    return set(re.findall(r"self\.ui\.(\w+)", MODULE_SCRIPT.read_text(encoding="utf-8")))
+def moduleSource() -> str:
+    return MODULE_SCRIPT.read_text(encoding="utf-8")
 
 
-def test_toplevel_is_mrml_widget(panel):
-    assert isinstance(panel, qMRMLWidget)
-    assert panel.objectName() == "VistaFinetune"
+def test_toplevel_and_sections(panel):
+    assert type(panel).__name__ == "qMRMLWidget" and panel.objectName() == "VistaFinetune"
+    sections = [w for w in panel.findChildren(CUSTOM_WIDGETS["ctkCollapsibleButton"])]
+    assert [section.text for section in sections] == SECTIONS
 
 
-def test_module_script_references_existing_widgets(panel):
-    names = referencedUiNames()
-    assert names, "VistaFinetune.py references no self.ui.<name> widgets; the regex or the module changed"
-    missing = sorted(name for name in names if panel.findChild(QWidget, name) is None)
-    assert missing == [], f"widgets used by VistaFinetune.py but absent from VistaFinetune.ui: {missing}"
+def test_every_ui_widget_the_module_uses_exists(panel):
+    import slicer.util
+
+    ui = slicer.util.childWidgetVariables(panel)
+    names = set(re.findall(r"self\.ui\.(\w+)", moduleSource()))
+    assert len(names) > 40, "the regex or the module changed"
+    missing = sorted(name for name in names if not hasattr(ui, name))
+    assert missing == [], f"used by VistaFinetune.py but absent from VistaFinetune.ui: {missing}"
 
 
-def test_expected_widgets_and_node_types(panel):
-    volume = panel.findChild(qMRMLNodeComboBox, "inputVolumeSelector")
-    segmentation = panel.findChild(qMRMLNodeComboBox, "inputSegmentationSelector")
-    assert volume is not None and volume.nodeTypes == ["vtkMRMLScalarVolumeNode"]
-    assert segmentation is not None and segmentation.nodeTypes == ["vtkMRMLSegmentationNode"]
-    titles = {box.title() for box in panel.findChildren(ctkCollapsibleButton)}
-    assert {"Inputs", "Finetune"} <= titles
-    for name in ("startButton", "cancelButton", "progressBar", "statusLabel"):
-        assert panel.findChild(QWidget, name) is not None, name
+def test_every_widget_attribute_the_module_uses_exists_on_that_class(panel):
+    """``self.ui.NAME.ATTR`` in the module: ATTR is a method, signal or (PythonQt-style) property of NAME's class."""
+    import slicer.util
+
+    ui = slicer.util.childWidgetVariables(panel)
+    uses = set(re.findall(r"self\.ui\.(\w+)\.(\w+)", moduleSource()))
+    signals = set(re.findall(r"self\.ui\.(\w+)\.connect\(\"(\w+)\(", moduleSource()))
+    assert len(uses) > 40 and len(signals) > 10
+    wrong = sorted(f"{name}.{attr} ({type(getattr(ui, name)).__name__})" for name, attr in uses | signals
+                   if not hasattr(getattr(ui, name), attr))  # fmt: skip
+    assert wrong == []
+
+
+def test_parameter_names_in_the_ui_are_fields_of_the_parameter_node():
+    fields = set()
+    for node in ast.walk(ast.parse(moduleSource())):
+        if isinstance(node, ast.ClassDef) and node.name == "VistaFinetuneParameterNode":
+            fields = {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    bound = {
+        prop.findtext("string")
+        for prop in ElementTree.parse(UI_FILE).getroot().iter("property")
+        if prop.get("name") == "SlicerParameterName"
+    }
+    assert bound == {"epochs", "learningRate", "patchSize", "cacheRate", "classPromptsOnly"}
+    assert bound <= fields and "runDir" in fields  # the followed run is saved with the scene
 
 
 def test_scene_is_broadcast_to_every_node_selector(panel):
-    selectors = panel.findChildren(qMRMLNodeComboBox)
-    assert len(selectors) == 2
-    connections = ElementTree.parse(UI_FILE).getroot().findall("./connections/connection")
+    selectors = panel.findChildren(CUSTOM_WIDGETS["qMRMLNodeComboBox"])
+    assert {s.objectName() for s in selectors} == {"sceneVolumeSelector", "sceneSegmentationSelector"}
     wired = {
         c.findtext("receiver")
-        for c in connections
+        for c in ElementTree.parse(UI_FILE).getroot().findall("./connections/connection")
         if c.findtext("sender") == "VistaFinetune"
         and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
         and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
     }
-    assert wired == {selector.objectName() for selector in selectors}
-    # The loader actually made those connections (a failed connect only prints a warning).
-    assert panel.receivers(SIGNAL("mrmlSceneChanged(vtkMRMLScene*)")) == len(selectors)
+    assert wired == {s.objectName() for s in selectors}
+    from PySide6.QtCore import SIGNAL
+
+    assert panel.receivers(SIGNAL("mrmlSceneChanged(vtkMRMLScene*)")) == len(selectors)  # the loader connected them
 
 
-def test_panel_screenshot(panel, tmp_path):
-    panel.resize(360, 420)
-    panel.show()
-    QApplication.processEvents()
-    target = tmp_path / "panel.png"
-    assert panel.grab().save(str(target))
-    assert target.stat().st_size > 0
+def test_module_script_never_imports_torch_or_monai():
+    """Static: no import statement and no importlib call in the module names torch or monai."""
+    found = []
+    for node in ast.walk(ast.parse(moduleSource())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append(node.module or "")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+            "import_module", "__import__"
+        ):  # fmt: skip
+            found += [arg.value for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
+    assert "slicer" in found and "VistaFinetuneLib.panel.controller" in found  # the walk sees the imports
+    assert [name for name in found if name.split(".")[0] in HEAVY] == []
+
+
+RUNTIME_CHECK = """
+import importlib.util, pkgutil, sys
+sys.path.insert(0, {testing!r})
+from slicer_app_standin import SlicerAppStandIn
+SlicerAppStandIn().install()
+spec = importlib.util.spec_from_file_location("VistaFinetune", {script!r})
+module = importlib.util.module_from_spec(spec)
+sys.modules["VistaFinetune"] = module
+spec.loader.exec_module(module)
+widget = module.VistaFinetuneWidget()
+widget.setup()
+import VistaFinetuneLib.panel
+for info in pkgutil.iter_modules(VistaFinetuneLib.panel.__path__):
+    importlib.import_module("VistaFinetuneLib.panel." + info.name)
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "monai")))
+"""
+
+
+def test_module_setup_and_panel_logic_import_no_torch_or_monai(tmp_path):
+    """At run time, in a fresh interpreter: the module, its widget's setup() and every panel module."""
+    code = RUNTIME_CHECK.format(testing=str(ROOT / "Testing"), script=str(MODULE_SCRIPT))
+    env = {"PYTHONPATH": str(MODULE_DIR), "QT_QPA_PLATFORM": "offscreen", "VISTAFINETUNE_HOME": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

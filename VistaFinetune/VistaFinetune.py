@@ -1,5 +1,6 @@
 import importlib
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -359,7 +360,6 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCaseItemChanged(self, item) -> None:
         if item.column() == 1 and item.row() < len(self.caseRows):
             self.caseRows[item.row()].validation = item.checkState() == qt.Qt.Checked
-            self.updatePlan()
 
     def showMapping(self) -> None:
         from VistaFinetuneLib.panel import training_data
@@ -435,7 +435,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings = default_settings(
             self.logic.bundleDir(self._parameterNode), self.environment.plan_environment, nTrain
         )
-        with slicer.util.NodeModify(self._parameterNode):
+        with slicer.util.NodeModify(self._parameterNode.parameterNode):
             self._parameterNode.epochs = settings.epochs
             self._parameterNode.learningRate = settings.learning_rate
             self._parameterNode.patchSize = str(settings.patch_size)
@@ -443,8 +443,6 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.planLabel.setText(_("Plan: ") + "; ".join(settings.rationale))
 
     def trainingSettings(self):
-        import json
-
         from VistaFinetuneLib.errors import UserError
         from VistaFinetuneLib.panel.controller import TrainingSettings
 
@@ -531,6 +529,8 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showProgress(view)
             if view.finished:
                 self.following = False
+                if view.state == "failed":
+                    self.showError(view.headline)
                 self.showResults()
         if not self.pending and self.setupJobDir is None and not self.following:
             self.timer.stop()
@@ -569,7 +569,9 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.results = self.controller.results()
         except UserError as error:
-            self.ui.verdictLabel.setText(str(error))
+            self.results = None
+            self.ui.verdictLabel.setText(_("No results: {reason}").format(reason=self.ui.progressLabel.text or error))
+            self.updateButtons()
             return
         results = self.results
         self.ui.verdictLabel.setText(results.verdict)
@@ -711,7 +713,14 @@ class VistaFinetuneLogic(ScriptedLoadableModuleLogic):
 
 
 class VistaFinetuneTest(ScriptedLoadableModuleTest):
-    """Tests that run inside Slicer (Reload & Test, or ctest on the Slicer extensions factory)."""
+    """Tests that run inside Slicer (Reload & Test, or ctest on the Slicer extensions factory).
+
+    test_panelRoundTrip needs a job environment with torch and monai and a built tiny reference bundle:
+    VISTAFINETUNE_JOB_PYTHON (its interpreter) and VISTAFINETUNE_TINY_BUNDLE (the folder printed by
+    ``vista-finetune tiny-bundle``). Without them it is skipped with a message saying so.
+    """
+
+    JOB_TIMEOUT_S = 900
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -719,6 +728,8 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         self.setUp()
         self.test_engineImportsWithoutTorch()
+        self.setUp()
+        self.test_panelRoundTrip()
 
     def test_engineImportsWithoutTorch(self) -> None:
         self.delayDisplay("Importing the headless engine")
@@ -744,4 +755,103 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
         self.assertEqual(heavy, [], "importing VistaFinetuneLib must not import torch or monai")
         self.assertTrue(engine.__version__)
         self.assertEqual(VistaFinetuneLogic().engineVersion(), engine.__version__)
+        self.delayDisplay("Test passed")
+
+    def waitFor(self, predicate, timeoutSeconds: float) -> bool:
+        """Let Slicer's event loop run (the panel's QTimer polls) until ``predicate()`` or the timeout."""
+        import time
+
+        deadline = time.monotonic() + timeoutSeconds
+        while time.monotonic() < deadline:
+            slicer.app.processEvents()
+            if predicate():
+                return True
+            time.sleep(0.1)
+        return predicate()
+
+    def makeSceneCases(self, folder: Path) -> list:
+        """Synthetic CT volumes and segmentations (segments Liver, Spleen, Kidney L) built in the scene."""
+        from VistaFinetuneLib.data import synthetic
+
+        synthetic.write_dataset(folder / "phantoms", 4, seed=7, spec=synthetic.MICRO_SPEC)
+        segmentations = slicer.modules.segmentations.logic()
+        cases = []
+        for image in sorted((folder / "phantoms" / "imagesTr").glob("*.nii.gz")):
+            volume = slicer.util.loadVolume(str(image))
+            labels = slicer.util.loadLabelVolume(str(folder / "phantoms" / "labelsTr" / image.name))
+            segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", volume.GetName() + " labels")
+            segmentations.ImportLabelmapToSegmentationNode(labels, segmentation)
+            for index, name in enumerate(("Liver", "Spleen", "Kidney L")):
+                segmentation.GetSegmentation().GetNthSegment(index).SetName(name)
+            slicer.mrmlScene.RemoveNode(labels)
+            cases.append((volume, segmentation))
+        return cases
+
+    def exportCases(self, cases, folder: Path) -> Path:
+        """The scene cases as a dataset folder (imagesTr/ + labelsTr/, values 1..3 in segment order)."""
+        for sub in ("imagesTr", "labelsTr"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        segmentations = slicer.modules.segmentations.logic()
+        for volume, segmentation in cases:
+            name = volume.GetName()
+            slicer.util.saveNode(volume, str(folder / "imagesTr" / f"{name}.nii.gz"))
+            labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+            segmentations.ExportAllSegmentsToLabelmapNode(
+                segmentation, labels, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+            )
+            slicer.util.saveNode(labels, str(folder / "labelsTr" / f"{name}.nii.gz"))
+            slicer.mrmlScene.RemoveNode(labels)
+        names = {"1": "Liver", "2": "Spleen", "3": "Kidney L"}
+        (folder / "dataset.json").write_text(json.dumps({"labels": names}))
+        return folder
+
+    def test_panelRoundTrip(self) -> None:
+        """Scene cases -> export -> tiny finetune through the job API, driven by the panel -> results -> review."""
+        import tempfile
+
+        python = os.environ.get("VISTAFINETUNE_JOB_PYTHON")
+        bundle = os.environ.get("VISTAFINETUNE_TINY_BUNDLE")
+        if not (python and bundle):
+            self.delayDisplay(
+                "Skipped: set VISTAFINETUNE_JOB_PYTHON and VISTAFINETUNE_TINY_BUNDLE to run the round trip"
+            )
+            return
+        folder = Path(tempfile.mkdtemp(prefix="VistaFinetuneTest-"))
+        self.delayDisplay("Building synthetic CT volumes and segmentations in the scene")
+        cases = self.makeSceneCases(folder)
+        self.assertEqual(len(cases), 4)
+        dataset = self.exportCases(cases, folder / "dataset")
+
+        slicer.util.selectModule("VistaFinetune")
+        widget = slicer.modules.VistaFinetuneWidget
+        ui = widget.ui
+        ui.jobPythonPathLineEdit.currentPath = python
+        ui.bundlePathLineEdit.currentPath = bundle
+        ui.runsFolderPathLineEdit.currentPath = str(folder / "runs")
+        ui.datasetPathLineEdit.currentPath = str(dataset)
+
+        self.delayDisplay("Reading the exported cases")
+        ui.readCasesButton.click()
+        self.assertTrue(self.waitFor(lambda: ui.casesTableWidget.rowCount == 4, 120))
+        self.assertEqual([row.class_id for row in widget.mappingRows], [1, 3, 14])
+
+        self.delayDisplay("Finetuning the tiny bundle in the background (1 epoch)")
+        ui.epochsSpinBox.value = 1
+        ui.startButton.click()
+        self.assertTrue(widget.following)
+        self.assertTrue(self.waitFor(lambda: not widget.following, self.JOB_TIMEOUT_S), ui.logTextEdit.plainText)
+        self.assertEqual(ui.progressLabel.text, "Finished: see Results.")
+        self.assertEqual(ui.progressBar.value, 100)
+
+        self.delayDisplay("Results and review")
+        self.assertEqual(ui.resultsTableWidget.rowCount, 3)
+        self.assertEqual(ui.resultsTableWidget.item(2, 0).text(), "14: left kidney")
+        self.assertTrue(ui.verdictLabel.text)
+        ui.openReviewButton.click()
+        self.assertEqual(ui.reviewCaseComboBox.count, 1)
+        ui.loadReviewButton.click()
+        self.assertEqual(ui.reviewTableWidget.rowCount, 3)
+        ui.reviewTableWidget.setCurrentCell(2, 0)
+        widget.onReviewRowClicked(2, 0)
+        self.assertIn("left kidney", ui.reviewStatusLabel.text)
         self.delayDisplay("Test passed")

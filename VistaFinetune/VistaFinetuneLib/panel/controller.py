@@ -165,8 +165,9 @@ def progress_view(state: control.JobState, loss: list[tuple[float, float]]) -> P
         percent, headline = 100, "Finished: see Results."
     elif state.state in ("failed", "cancelled", "stale", "unknown"):
         percent = 0
+        errors = [line.removeprefix("error: ") for line in state.log_tail if line.startswith("error: ")]
         headline = {
-            "failed": "The run failed: see the log.",
+            "failed": f"The run failed: {errors[-1]}" if errors else "The run failed: see the log.",
             "cancelled": "Cancelled.",
             "stale": "The job stopped without finishing (Slicer or the machine restarted?): start it again to resume.",
             "unknown": "No job in this folder, or it runs on another machine.",
@@ -208,12 +209,13 @@ class PanelController:
         self.run_dir: Path | None = None
         self._loss: dict[tuple[int, int], float] = {}
         self._iterations_per_epoch = 0
+        self._last_percent = 0  # a running job between its last phase and its exit is finishing, not starting
 
     def new_run_dir(self) -> Path:
         """A fresh run folder under the runs folder, named by the time."""
         name = time.strftime("finetune-%Y%m%d-%H%M%S")
         candidate, index = self.runs_root / name, 1
-        while candidate.exists() or training_data_path(candidate).exists():
+        while candidate.exists() or training_data_path(candidate).parent.exists():
             index += 1
             candidate = self.runs_root / f"{name}-{index}"
         return candidate
@@ -242,6 +244,7 @@ class PanelController:
         """Follow the run in ``run_dir`` (running or finished), e.g. after Slicer restarted."""
         self.run_dir = Path(run_dir).absolute()
         self._loss = {}
+        self._last_percent = 0
         return self.poll()
 
     def latest_run(self) -> Path | None:
@@ -261,7 +264,11 @@ class PanelController:
             self._loss[(state.epoch, state.iteration or 0)] = state.loss
         per_epoch = max(self._iterations_per_epoch, 1)
         loss = [(epoch - 1 + iteration / per_epoch, value) for (epoch, iteration), value in sorted(self._loss.items())]
-        return progress_view(state, loss)
+        view = progress_view(state, loss)
+        if view.state == "running" and state.phase is None and self._last_percent > 0:
+            view.percent, view.headline = self._last_percent, "Finishing"
+        self._last_percent = view.percent if view.state == "running" else 0
+        return view
 
     def cancel(self) -> ProgressView:
         """Ask the followed job to stop (SIGTERM, then SIGKILL after the grace period); returns at once."""
