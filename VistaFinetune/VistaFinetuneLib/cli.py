@@ -460,8 +460,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         models.insert(
             0, pretrained_model(bundle or tiny_bundle.ensure_tiny_bundle(log=lambda m: print(m, file=sys.stderr)))
         )
-    if not models:
-        raise UserError("serve: --no-pretrained needs --run or --checkpoint")
     out_dir = Path(args.output_dir).absolute() if args.output_dir else Path(tempfile.mkdtemp(prefix="vistafinetune-"))
 
     def build(spec):
@@ -607,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="the warm worker: JSON-lines requests on stdin/stdout")
     add_model_arguments(serve)
-    serve.add_argument("--no-pretrained", action="store_true", help="load only the finetuned model")
+    serve.add_argument("--no-pretrained", action="store_true", help="do not load the bundle's weights at start")
     serve.add_argument("--output-dir", help="default folder for outputs (default: a new temporary folder)")
     serve.add_argument("--socket", action="store_true", help="also listen on 127.0.0.1 (port and token in 'ready')")
     serve.add_argument("--parent-pid", type=int, help="exit when this process ends (default: the parent)")
