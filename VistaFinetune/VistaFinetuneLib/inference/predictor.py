@@ -29,7 +29,7 @@ import numpy as np
 
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.inference.models import ModelSpec, sha256_of
-from VistaFinetuneLib.inference.prompts import SUBCLASS_PARENTS, UPSTREAM_CLASS_PROMPT_IDS, ImageGrid, Prompts
+from VistaFinetuneLib.inference.prompts import ImageGrid, Prompts
 
 MAX_REPORTED_KEYS = 6
 
@@ -163,14 +163,8 @@ class Predictor:
         for index, transform in enumerate(parser["postprocessing"]["transforms"]):
             if str(transform.get("_target_", "")).endswith("SaveImaged"):
                 parser[f"postprocessing#transforms#{index}#_disabled_"] = True
-        finetuned = set(self.model.finetuned_ids)
-        if finetuned & set(SUBCLASS_PARENTS):
-            parser["subclass"] = {}
-        if finetuned - UPSTREAM_CLASS_PROMPT_IDS:
-            evaluator = parser["evaluator"]
-            parser["evaluator#base_class"] = f"${evaluator['_target_']}"
-            parser["evaluator#class_ids"] = sorted(finetuned)
-            parser["evaluator#_target_"] = "VistaFinetuneLib.inference.evaluator.finetuned_class_evaluator"
+        for key, value in self.model.run_overrides(parser["evaluator"]["_target_"]).items():
+            parser[key] = value
         return parser
 
     @property
