@@ -10,8 +10,8 @@ with random weights made here at run time in a temporary folder (never kept), 1.
 and on a 2-core machine use ``--patch 64``: one 128^3 encoder pass alone takes minutes there). Each is run
 with the bundle's point window and without it (``use_point_window: false``). Printed side by side: per-request
 latency (cold process vs warm round trip), the ratio, voxel identity of the two outputs (the cold output's 255,
-"not processed", read as 0 like the worker writes it), and peak RSS of each side. Points-only clicks need
-scikit-image in the environment (the bundle's post-processing).
+"not processed", read as 0 like the worker writes it), and peak RSS of each side. Clicks need scikit-image in the
+environment (VISTA3D's connected-component step).
 """
 
 from __future__ import annotations

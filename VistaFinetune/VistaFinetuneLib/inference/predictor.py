@@ -229,10 +229,10 @@ class Predictor:
         check: Callable[[], None] = lambda: None,
     ) -> Prediction:
         """Run the bundle's evaluator on one image with these prompts; ``check`` raises :class:`Cancelled`."""
-        if prompts.class_ids is None and importlib.util.find_spec("skimage") is None:
+        if prompts.points_ijk is not None and importlib.util.find_spec("skimage") is None:
             raise UserError(
-                "points without a class need scikit-image in the job environment (the bundle's point "
-                "post-processing keeps the components holding a positive point with it): pip install scikit-image"
+                "point prompts need scikit-image in the job environment (VISTA3D keeps the connected components "
+                "that hold the clicks with it): pip install scikit-image"
             )
         started = time.monotonic()
         cached, image_state = self._image(Path(image), check)
@@ -256,6 +256,8 @@ class Predictor:
             raise UserError(f"the bundle refused the prompts: {error}") from None
         finally:
             self.inferer.use_point_window = self.default_point_window
+            # ignite 0.5 keeps the finished run generator of a run that raised; the next run would then do nothing.
+            self.evaluator._internal_run_generator = None
         done = time.monotonic()
         pred = self.evaluator.state.output[0]["pred"]
         labels = np.asarray(pred.detach().cpu().numpy())[0]

@@ -268,9 +268,9 @@ class Worker:
             spec = run_model(Path(run), Path(bundle) if bundle else None, name)
         else:
             spec = checkpoint_model(Path(bundle), Path(checkpoint), name)
-        self.models.pop(name, None)
-        self.models[name] = self.build_predictor(spec)
-        return {"model": name, "info": self.models[name].info()}
+        predictor = self.build_predictor(spec)  # a model of that name is replaced only once the new one loaded
+        self.models[name] = predictor
+        return {"model": name, "info": predictor.info()}
 
     def unload(self, request: dict) -> dict:
         name = field_of(request, "model", (str,), required=True)
