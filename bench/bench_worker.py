@@ -5,12 +5,13 @@
     python bench/bench_worker.py [--model tiny|full|both] [--size 64] [--clicks 5]
 
 ``tiny`` is the tiny reference bundle; ``full`` is the full-size VISTA3D network (``vista3d132``, 218M parameters)
-with random weights made here at run time in a temporary folder (never kept), patch 128^3 and 1.5 mm spacing as in
-the upstream inference.json, on a SIZE^3 phantom at 1.5 mm (CPU is slow: keep SIZE small, e.g. 64-96). Each is run
+with random weights made here at run time in a temporary folder (never kept), 1.5 mm spacing and (by default) patch
+128^3 as in the upstream inference.json, on a SIZE^3 phantom at 1.5 mm (CPU is slow: keep SIZE small, e.g. 64-96,
+and on a 2-core machine use ``--patch 64``: one 128^3 encoder pass alone takes minutes there). Each is run
 with the bundle's point window and without it (``use_point_window: false``). Printed side by side: per-request
 latency (cold process vs warm round trip), the ratio, voxel identity of the two outputs (the cold output's 255,
-"not processed", read as 0 like the worker writes it), and peak RSS of each side. Points-only clicks need
-scikit-image in the environment (the bundle's post-processing).
+"not processed", read as 0 like the worker writes it), and peak RSS of each side. Clicks need scikit-image in the
+environment (VISTA3D's connected-component step).
 """
 
 from __future__ import annotations
@@ -44,14 +45,16 @@ FULL_SIZE_OVERRIDES = {
 }
 
 
-def full_size_bundle(work: Path) -> Path:
-    """The tiny bundle's configs and scripts with the upstream network and patch, and random weights."""
+def full_size_bundle(work: Path, patch: int) -> Path:
+    """The tiny bundle's configs and scripts with the upstream network (and spacing), a PATCH^3 window, random
+    weights."""
     import torch
     from monai.networks.nets import vista3d132
 
     bundle = work / "full-size-bundle"
     tiny_bundle.copy_template(bundle)
     config = json.loads((bundle / "configs" / "inference.json").read_text()) | FULL_SIZE_OVERRIDES
+    config["patch_size"] = [patch] * 3
     (bundle / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
     (bundle / "models").mkdir()
     torch.manual_seed(0)
@@ -198,6 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "full", "both"], default="both")
     parser.add_argument("--size", type=int, default=64, help="full-size model: the phantom's edge in voxels")
+    parser.add_argument("--patch", type=int, default=128, help="full-size model: the window's edge (upstream: 128)")
     parser.add_argument("--clicks", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vf-bench-worker-"))
@@ -208,7 +212,8 @@ def main() -> None:
             compare("tiny bundle", tiny_bundle.ensure_tiny_bundle(), image, liver, args.clicks, work)
         if args.model in ("full", "both"):
             image, liver = phantom(work, args.size)
-            compare("full-size VISTA3D (random weights)", full_size_bundle(work), image, liver, args.clicks, work)
+            name = f"full-size VISTA3D (random weights, patch {args.patch}^3)"
+            compare(name, full_size_bundle(work, args.patch), image, liver, args.clicks, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -460,7 +460,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     existing = [str(p) for p in outputs if p.exists()]
     if existing:
         raise UserError(f"{existing[0]}: the output exists already; choose a new --output-dir")
-    predictor = Predictor(selected_model(args), args.device, modality=args.modality)
+    model = selected_model(args)
+    if args.gpus > 1:
+        return predict_multi_gpu(args, model, images, outputs, classes, model.class_table(names))
+    predictor = Predictor(model, args.device, modality=args.modality)
     for image, output in zip(images, outputs, strict=True):
         request = SegmentRequest(
             image, output, classes=classes, points=points, point_labels=point_labels, points_space=args.points_space,
@@ -469,6 +472,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
         result = segment(predictor, request)
         found = ", ".join(f"{v} {e['name']} ({e['voxels']} voxels)" for v, e in result["labels"].items()) or "nothing"
         print(f"{output}: {found} [{result['timings']['total_s']:.1f} s]")
+    return 0
+
+
+def predict_multi_gpu(args, model, images: list[Path], outputs: list[Path], classes, table) -> int:
+    """``predict --input-dir --gpus N``: torchrun over the bundle's multi-GPU inference configs."""
+    from VistaFinetuneLib.bundle.runner import run_bundle
+    from VistaFinetuneLib.inference.multi_gpu import adopt_bundle_output, bundle_output_of, multi_gpu_run
+
+    if not args.input_dir or args.points:
+        raise UserError("--gpus N (N > 1) segments a folder (--input-dir) by --classes or --everything")
+    if args.everything:
+        listed = json.loads(model.config_file.read_text(encoding="utf-8")).get("everything_labels")
+        if not isinstance(listed, list):
+            raise UserError(f"{model.config_file}: everything_labels is not a plain list; give --classes")
+        class_ids = sorted(set(listed) | set(model.finetuned_ids))
+    elif classes:
+        class_ids = list(dict.fromkeys(table.resolve(c) for c in classes))
+    else:
+        raise UserError("nothing to segment: give --classes or --everything")
+    work_dir = Path(args.output_dir).absolute() / ".bundle-run"
+    run = multi_gpu_run(model, Path(args.input_dir), work_dir, class_ids, args.gpus)
+    print("$ " + " ".join(run.command()), file=sys.stderr)
+    code = run_bundle(run)
+    if code != 0:
+        raise UserError(f"the multi-GPU bundle run failed (exit code {code}); see {run.log_path}")
+    for image, output in zip(images, outputs, strict=True):
+        adopt_bundle_output(model, table, image, bundle_output_of(work_dir, image), output, class_ids)
+        print(output)
     return 0
 
 
@@ -488,8 +519,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         models.insert(
             0, pretrained_model(bundle or tiny_bundle.ensure_tiny_bundle(log=lambda m: print(m, file=sys.stderr)))
         )
-    if not models:
-        raise UserError("serve: --no-pretrained needs --run or --checkpoint")
     out_dir = Path(args.output_dir).absolute() if args.output_dir else Path(tempfile.mkdtemp(prefix="vistafinetune-"))
 
     def build(spec):
@@ -637,11 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--points-space", choices=["ras", "ijk"], default="ras", help="RAS mm or voxel indices")
     predict.add_argument("--everything", action="store_true", help="the bundle's everything list (+ run classes)")
     predict.add_argument("--class-names", help='JSON {"133": "Tumor 1"}: names you gave to classes')
+    predict.add_argument("--gpus", type=int, default=1, help="N > 1: torchrun over the bundle's multi-GPU configs")
     predict.set_defaults(handler=cmd_predict)
 
     serve = commands.add_parser("serve", help="the warm worker: JSON-lines requests on stdin/stdout")
     add_model_arguments(serve)
-    serve.add_argument("--no-pretrained", action="store_true", help="load only the finetuned model")
+    serve.add_argument("--no-pretrained", action="store_true", help="do not load the bundle's weights at start")
     serve.add_argument("--output-dir", help="default folder for outputs (default: a new temporary folder)")
     serve.add_argument("--socket", action="store_true", help="also listen on 127.0.0.1 (port and token in 'ready')")
     serve.add_argument("--parent-pid", type=int, help="exit when this process ends (default: the parent)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
 from VistaFinetuneLib.errors import UserError
-from VistaFinetuneLib.inference.prompts import ClassTable
+from VistaFinetuneLib.inference.prompts import SUBCLASS_PARENTS, UPSTREAM_CLASS_PROMPT_IDS, ClassTable
 from VistaFinetuneLib.run_files import read_user_json
 
 RUN_CHECKPOINTS = ("checkpoints/model_finetune.pt", "checkpoints/model_final.pt")
@@ -61,6 +61,19 @@ class ModelSpec:
         """The classes this model can be asked for, with names given now (``extra_names``) taking precedence."""
         names = self.user_names | (extra_names or {})
         return ClassTable(LabelCatalog.from_bundle(self.bundle_dir), self.finetuned_ids, names)
+
+    def run_overrides(self, evaluator_target: str) -> dict:
+        """Config overrides a finetuned run needs: no subclass expansion when it mapped onto a subclass parent, and
+        the evaluator that accepts its new ids as class prompts (``evaluator_target``: the bundle's evaluator)."""
+        finetuned = set(self.finetuned_ids)
+        overrides: dict = {}
+        if finetuned & set(SUBCLASS_PARENTS):
+            overrides["subclass"] = {}
+        if finetuned - UPSTREAM_CLASS_PROMPT_IDS:
+            overrides["evaluator#base_class"] = f"${evaluator_target}"
+            overrides["evaluator#class_ids"] = sorted(finetuned)
+            overrides["evaluator#_target_"] = "VistaFinetuneLib.inference.evaluator.finetuned_class_evaluator"
+        return overrides
 
     def describe(self) -> dict:
         return {

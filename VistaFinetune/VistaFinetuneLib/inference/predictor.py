@@ -29,7 +29,7 @@ import numpy as np
 
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.inference.models import ModelSpec, sha256_of
-from VistaFinetuneLib.inference.prompts import SUBCLASS_PARENTS, UPSTREAM_CLASS_PROMPT_IDS, ImageGrid, Prompts
+from VistaFinetuneLib.inference.prompts import ImageGrid, Prompts
 
 MAX_REPORTED_KEYS = 6
 
@@ -163,14 +163,8 @@ class Predictor:
         for index, transform in enumerate(parser["postprocessing"]["transforms"]):
             if str(transform.get("_target_", "")).endswith("SaveImaged"):
                 parser[f"postprocessing#transforms#{index}#_disabled_"] = True
-        finetuned = set(self.model.finetuned_ids)
-        if finetuned & set(SUBCLASS_PARENTS):
-            parser["subclass"] = {}
-        if finetuned - UPSTREAM_CLASS_PROMPT_IDS:
-            evaluator = parser["evaluator"]
-            parser["evaluator#base_class"] = f"${evaluator['_target_']}"
-            parser["evaluator#class_ids"] = sorted(finetuned)
-            parser["evaluator#_target_"] = "VistaFinetuneLib.inference.evaluator.finetuned_class_evaluator"
+        for key, value in self.model.run_overrides(parser["evaluator"]["_target_"]).items():
+            parser[key] = value
         return parser
 
     @property
@@ -235,10 +229,10 @@ class Predictor:
         check: Callable[[], None] = lambda: None,
     ) -> Prediction:
         """Run the bundle's evaluator on one image with these prompts; ``check`` raises :class:`Cancelled`."""
-        if prompts.class_ids is None and importlib.util.find_spec("skimage") is None:
+        if prompts.points_ijk is not None and importlib.util.find_spec("skimage") is None:
             raise UserError(
-                "points without a class need scikit-image in the job environment (the bundle's point "
-                "post-processing keeps the components holding a positive point with it): pip install scikit-image"
+                "point prompts need scikit-image in the job environment (VISTA3D keeps the connected components "
+                "that hold the clicks with it): pip install scikit-image"
             )
         started = time.monotonic()
         cached, image_state = self._image(Path(image), check)
@@ -262,6 +256,8 @@ class Predictor:
             raise UserError(f"the bundle refused the prompts: {error}") from None
         finally:
             self.inferer.use_point_window = self.default_point_window
+            # ignite 0.5 keeps the finished run generator of a run that raised; the next run would then do nothing.
+            self.evaluator._internal_run_generator = None
         done = time.monotonic()
         pred = self.evaluator.state.output[0]["pred"]
         labels = np.asarray(pred.detach().cpu().numpy())[0]

@@ -6,13 +6,18 @@ Start (in the job environment, the one with torch)::
 
     python -m VistaFinetuneLib serve [--bundle-dir B] [--run RUN_DIR | --checkpoint PT] [--no-pretrained]
         [--device cpu|cuda:N] [--output-dir DIR] [--socket] [--parent-pid PID] [--encoder-cache-mb MB]
+        [--no-point-window] [--modality CT_BODY|MRI_BODY|MRI_BRAIN]
 
 It loads the bundle's pretrained weights as model ``"pretrained"`` (unless ``--no-pretrained``) and, with ``--run``
-or ``--checkpoint``, a finetuned checkpoint as model ``"finetuned"``. Every line it writes on stdout is one JSON
-object; logs and warnings go to stderr. Its first line is::
+or ``--checkpoint``, a finetuned checkpoint as model ``"finetuned"``; with ``--no-pretrained`` alone it starts at once
+with no model (send ``load`` requests). Every line it writes on stdout is one JSON object; logs and warnings go to
+stderr. Its first line is::
 
-    {"event": "ready", "protocol": 1, "pid": 1234, "device": "cpu", "models": {"pretrained": {...}},
+    {"event": "ready", "protocol": 1, "pid": 1234, "device": "cpu", "output_dir": "/tmp/vistafinetune-x",
+     "models": {"pretrained": {...model info}},
      "socket": null}            # with --socket: {"host": "127.0.0.1", "port": 40123, "token": "<hex>"}
+
+or, when a model given at start cannot be loaded, ``{"event": "error", "ok": false, "error": {...}}`` (exit code 2).
 
 Requests are JSON objects, one per line, on stdin (or on the socket). Each may carry an ``"id"`` (string or
 number) that its response echoes; every response has ``"id"``, ``"op"`` and ``"ok"``. A failed request answers::
@@ -263,9 +268,9 @@ class Worker:
             spec = run_model(Path(run), Path(bundle) if bundle else None, name)
         else:
             spec = checkpoint_model(Path(bundle), Path(checkpoint), name)
-        self.models.pop(name, None)
-        self.models[name] = self.build_predictor(spec)
-        return {"model": name, "info": self.models[name].info()}
+        predictor = self.build_predictor(spec)  # a model of that name is replaced only once the new one loaded
+        self.models[name] = predictor
+        return {"model": name, "info": predictor.info()}
 
     def unload(self, request: dict) -> dict:
         name = field_of(request, "model", (str,), required=True)
@@ -402,7 +407,7 @@ def start_worker(
             "event": "ready",
             "protocol": PROTOCOL,
             "pid": os.getpid(),
-            "device": devices[0] if len(devices) == 1 else devices,
+            "device": devices[0] if len(devices) == 1 else (devices or None),
             "output_dir": str(output_dir),
             "models": {name: p.info() for name, p in worker.models.items()},
             "socket": socket_info,
