@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from scipy import ndimage
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
 from VistaFinetuneLib.data.geometry import ijk_to_ras
+from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.interactive.class_list import model_classes
 from VistaFinetuneLib.interactive.models import ModelChoice, pretrained_choice
 from VistaFinetuneLib.interactive.worker_client import WorkerClient
@@ -156,3 +158,22 @@ def test_a_dead_worker_is_restarted_with_a_message(worker, ct, liver_class):
     assert worker.starts == 2
     assert "had stopped" in (worker.notice or "")
     assert worker.connection.process.pid != process.pid
+
+
+def test_compare_fills_a_pretrained_and_a_finetuned_segmentation(worker, ct, named_run, tiny_bundle_dir):
+    from VistaFinetuneLib.scene.predictions import ClassNaming, import_comparison
+
+    logic = PromptLogic(worker, pretrained_choice("tiny"))
+    finetuned = ModelChoice("run:kidney-run", "kidney-run", run_dir=named_run, class_names={14: "My left kidney"})
+    ticket = logic.compare(ct.volume, finetuned, [1, 14])
+    assert ticket.wait(TIMEOUT_S)
+    outcome = logic.collect(lambda writes: pytest.fail("a comparison writes no segment"))
+    assert outcome.ok and set(outcome.outputs) == {"pretrained", "finetuned"}, outcome
+    naming = ClassNaming(LabelCatalog.from_bundle(tiny_bundle_dir), dict(finetuned.class_names))
+    nodes = import_comparison({k: Path(v) for k, v in outcome.outputs.items()}, ct.volume, naming, "CT")
+    assert sorted(n.GetName() for n in nodes.values()) == ["CT — VISTA3D finetuned", "CT — VISTA3D pretrained"]
+    names = {nodes["pretrained"].GetSegmentation().GetNthSegment(i).GetName()
+             for i in range(nodes["pretrained"].GetSegmentation().GetNumberOfSegments())}  # fmt: skip
+    assert "liver" in names
+    with pytest.raises(UserError, match="finetuned run"):
+        logic.compare(ct.volume, pretrained_choice("tiny"), [1])

@@ -1,14 +1,15 @@
 """Benchmark: click-to-segment latency of the VISTA3D Segment Editor effect's logic, with the real warm worker.
 
-    python bench/effect_click_latency.py [--model tiny|full|both] [--clicks 5]
+    python bench/effect_click_latency.py [--model tiny|full|both] [--clicks 5] [--patch 128]
 
 Each click goes the effect's whole way: a display position in a real slice node -> voxel -> worker request (all the
 points so far, with the liver class) -> output read back -> changed voxels written through Slicer's Segment Editor
 logic (slicer-core). ``tiny`` is the tiny reference bundle; ``full`` is the full-size VISTA3D network (218M
 parameters) with random weights made at run time in a temporary folder (never kept; see bench/bench_worker.py),
-patch 128^3. Printed side by side per model: the first click (worker start + model load + image upload included),
-then the median and range of the following clicks, split into the worker's own time and the rest (image file,
-reading the output, diff and segment writes). Needs scikit-image in the environment (the bundle's point
+patch 128^3 by default (``--patch 64`` on a small CPU machine: one 128^3 encoder pass takes minutes there).
+Printed side by side per model: the first click (worker start + model load + image upload included), then the
+median and range of the following clicks, with the worker's own share (the rest is the image file, reading the
+output, the diff and the segment writes). Needs scikit-image in the environment (the bundle's point
 post-processing).
 """
 
@@ -113,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny", "full", "both"), default="tiny")
     parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--patch", type=int, default=128, help="the full-size network's sliding window (voxels)")
     args = parser.parse_args()
     spec = synthetic.PhantomSpec()
     results = {}
@@ -124,7 +126,7 @@ def main() -> None:
             sys.path.insert(0, str(Path(__file__).parent))
             from bench_worker import full_size_bundle
 
-            results["full"] = measure("full", full_size_bundle(work), args.clicks, spec, work)
+            results["full"] = measure("full", full_size_bundle(work, args.patch), args.clicks, spec, work)
     print(f"\nimage {spec.shape} voxels; click-to-segment seconds (worker's own share in brackets)")
     print(f"{'model':<6} {'first click':>22} {'later clicks, median':>24} {'later clicks, range':>22}")
     for name, r in results.items():

@@ -12,6 +12,8 @@ from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.interactive.class_list import model_classes, point_rule, search_classes
 from VistaFinetuneLib.interactive.models import finished_run_choices, pretrained_choice
 from VistaFinetuneLib.interactive.worker_client import WorkerClient
+from VistaFinetuneLib.scene.layout import register_layout, show_comparison
+from VistaFinetuneLib.scene.predictions import ClassNaming, import_comparison
 from VistaFinetuneLib.scene.prompt_logic import PromptLogic, add_class_segment, segment_class
 from VistaFinetuneLib.scene.prompt_points import PromptMarkers, click_to_prompt
 
@@ -120,6 +122,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         applyRow.addWidget(self.applyButton)
         self.scriptedEffect.addOptionsWidget(applyRow)
 
+        self.compareButton = qt.QPushButton(_("Compare pretrained and finetuned"))
+        self.compareButton.toolTip = _(
+            "Segment the source volume with both models (the chosen classes, else the run's) into two "
+            "segmentations, shown side by side"
+        )
+        self.scriptedEffect.addOptionsWidget(self.compareButton)
+
         self.positiveButton = qt.QRadioButton(_("Positive"))
         self.positiveButton.toolTip = _("Left-click adds a point inside the structure (Shift+click: the opposite)")
         self.negativeButton = qt.QRadioButton(_("Negative"))
@@ -148,6 +157,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.refreshModelsButton.connect("clicked()", self.refreshModels)
         self.classFilter.connect("textChanged(QString)", self.updateClassList)
         self.applyButton.connect("clicked()", self.onApply)
+        self.compareButton.connect("clicked()", self.onCompare)
         self.clearPointsButton.connect("clicked()", self.onClearPoints)
         self.cancelButton.connect("clicked()", self.onCancel)
 
@@ -297,15 +307,41 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
         self.startWaiting(_("VISTA3D is segmenting {count} class(es) ...").format(count=len(classes)))
 
+    def onCompare(self):
+        try:
+            volumeNode, _segmentationNode, _segmentId = self.targets()
+            choice = self.logic.model
+            classIds = [c.id for c in self.selectedClasses()] or sorted(choice.class_names)
+            self.logic.compare(volumeNode, choice, classIds)
+        except UserError as error:
+            self.showStatus(str(error))
+            return
+        self.startWaiting(_("VISTA3D is segmenting with both models ..."))
+
+    def showComparison(self, outputs):
+        """Two segmentation nodes (pretrained, finetuned) and, in Slicer, the linked side-by-side layout."""
+        volumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        naming = ClassNaming(self.catalog, dict(self.logic.model.class_names))
+        predictions = {model: Path(path) for model, path in outputs.items()}
+        nodes = import_comparison(predictions, volumeNode, naming, volumeNode.GetName())
+        layoutManager = slicer.app.layoutManager() if hasattr(slicer.app, "layoutManager") else None
+        if layoutManager is not None:
+            layoutManager.setLayout(register_layout(layoutManager.layoutLogic().GetLayoutNode()))
+            slicer.app.processEvents()
+            show_comparison(volumeNode, None, nodes)
+        return nodes
+
     def startWaiting(self, text):
         self.showStatus(text)
         self.applyButton.enabled = False
+        self.compareButton.enabled = False
         self.cancelButton.enabled = True
         self.pollTimer.start()
 
     def stopWaiting(self):
         self.pollTimer.stop()
         self.applyButton.enabled = True
+        self.compareButton.enabled = True
         self.cancelButton.enabled = False
 
     def onCancel(self):
@@ -332,6 +368,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         text = outcome.message
         if outcome.ok and outcome.worker_seconds is not None:
             text += _(" (worker {seconds:.2f} s)").format(seconds=outcome.worker_seconds)
+        if outcome.ok and outcome.outputs:
+            try:
+                self.showComparison(outcome.outputs)
+            except UserError as error:
+                text = str(error)
         notice = self.logic.client.notice
         if notice:
             text += " " + _("Note: {notice}.").format(notice=notice)

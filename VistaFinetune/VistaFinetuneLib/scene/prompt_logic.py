@@ -49,6 +49,7 @@ class Pending:
     points: tuple[PointPrompt, ...] = ()
     note: str | None = None
     recolour: frozenset[str] = frozenset()  # new segments, to take their class's colour from the legend
+    comparison: bool = False  # pretrained and finetuned outputs, for two new segmentation nodes
 
 
 def add_class_segment(segmentation_node, model_class: ModelClass) -> str:
@@ -90,6 +91,7 @@ class Outcome:
     seconds: float | None = None  # click to segment update, as the user waited
     worker_seconds: float | None = None  # the worker's own total
     voxels_changed: int = 0
+    outputs: dict[str, str] | None = None  # a comparison's prediction files: {"pretrained": ..., "finetuned": ...}
 
 
 @dataclass
@@ -145,6 +147,31 @@ class PromptLogic:
             raise UserError("choose at least one class to segment")
         ticket = self._predict(volume_node, {"classes": sorted(targets)})
         self.pending = Pending(ticket, volume_node, segmentation_node, dict(targets), recolour=frozenset(new_segments))
+        return ticket
+
+    def compare(self, volume_node, finetuned: ModelChoice, class_ids: list[int]) -> Ticket:
+        """Class prompts on one volume with the pretrained model and a finetuned run, one after the other."""
+        self._refuse_when_busy()
+        if finetuned.is_pretrained or finetuned.run_dir is None:
+            raise UserError("choose a finetuned run that improved on the pretrained model to compare with it")
+        if not class_ids:
+            raise UserError("choose at least one class to compare")
+        image_path, write_image = self._image_file(volume_node)
+        names = {str(k): v for k, v in finetuned.class_names.items()}
+        requests = {
+            model: {"op": "predict", "model": key, "image": str(image_path), "classes": sorted(class_ids),
+                    "class_names": names}
+            for model, key in (("pretrained", "pretrained"), ("finetuned", finetuned.key))
+        }  # fmt: skip
+
+        def task(connection: WorkerConnection) -> dict:
+            if write_image is not None:
+                write_image()
+            connection.ensure_model(finetuned.key, {"run": str(finetuned.run_dir)})
+            return {model: connection.call(request) for model, request in requests.items()}
+
+        ticket = self.client.submit(task)
+        self.pending = Pending(ticket, volume_node, None, {}, comparison=True)
         return ticket
 
     def _refuse_when_busy(self) -> None:
@@ -216,6 +243,11 @@ class PromptLogic:
         ticket = pending.ticket
         if ticket.error is not None:
             return Outcome(False, str(ticket.error), ticket.seconds)
+        if pending.comparison:
+            outputs = {model: response["output"] for model, response in ticket.result.items()}
+            seconds = time.monotonic() - ticket.submitted
+            worker_seconds = sum((r.get("timings") or {}).get("total_s") or 0.0 for r in ticket.result.values())
+            return Outcome(True, f"pretrained and finetuned in {seconds:.2f} s", seconds, worker_seconds, 0, outputs)
         labels, response = ticket.result["labels"], ticket.result["response"]
         previous = pending.session.previous_prediction() if pending.session is not None else None
         predictions = {segment_id: labels == value for value, segment_id in pending.targets.items()}
