@@ -122,7 +122,7 @@ def test_a_click_in_a_slice_view_updates_the_selected_segment(editor):
     assert not scene.segment_on_volume_grid()[inside]
 
 
-def test_segment_classes_makes_named_segments_and_quitting_stops_the_worker(editor):
+def test_segment_classes_compare_and_quitting_stops_the_worker(editor):
     standin, scene, effect, module, runs = editor
     effect.classFilter.setText("liver")
     assert effect.classList.item(0).text() == "liver (1)"
@@ -138,6 +138,18 @@ def test_segment_classes_makes_named_segments_and_quitting_stops_the_worker(edit
     assert segmentation.GetSegment(newId).GetName() == "liver"
     liver = scene.labels == 1
     assert (scene.segment_on_volume_grid(newId) & liver).sum() > 0.5 * liver.sum()
+    # Compare: with a run that improved, two segmentations; with one that did not, a clear refusal.
+    effect.modelSelector.setCurrentIndex(1)
+    effect.classList.clearSelection()
+    improved = json.loads((runs / "kidney-run" / "output.json").read_text())["output"]["recommended"] == "finetuned"
+    effect.compareButton.click()
+    if improved:
+        assert "pretrained and finetuned in" in waitForResult(standin, effect)
+        names = {scene.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode").GetName()
+                 for i in range(scene.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))}  # fmt: skip
+        assert {"Synthetic CT — VISTA3D pretrained", "Synthetic CT — VISTA3D finetuned"} <= names
+    else:
+        assert "finetuned run that improved" in effect.statusLabel.text
     process = effect.logic.client.connection.process
     standin.slicer.app.aboutToQuit.emit()
     assert process.poll() is not None, "the worker still runs after Slicer quit"
