@@ -73,7 +73,7 @@ def test_class_prompt_by_name_and_by_id_find_the_liver_on_the_input_grid(tiny_bu
 
 
 def test_a_positive_click_in_ras_returns_the_organ_it_is_in(tiny_bundle_dir, phantoms, tmp_path):
-    pytest.importorskip("skimage", reason="the bundle's point-only post-processing needs scikit-image")
+    pytest.importorskip("skimage", reason="point prompts need scikit-image (VISTA3D's connected components)")
     image = phantoms / "imagesTr" / "case_001.nii.gz"
     affine = nib.load(image).affine
     assert not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3])))  # rotated
