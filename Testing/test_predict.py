@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import NEW_CLASS_ID, NEW_CLASS_NAME
+from conftest import NEW_CLASS_ID, NEW_CLASS_NAME, tree_digest
 from scipy import ndimage
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
@@ -58,6 +58,7 @@ def read_output(path: Path) -> tuple[np.ndarray, dict]:
 def test_class_prompt_by_name_and_by_id_find_the_liver_on_the_input_grid(tiny_bundle_dir, phantoms, tmp_path):
     image = phantoms / "imagesTr" / "case_000.nii.gz"
     by_name, by_id = tmp_path / "name", tmp_path / "id"
+    bundle_before = tree_digest(tiny_bundle_dir)
     assert predict(image, "--classes", "Liver", "--bundle-dir", tiny_bundle_dir, "--output-dir", by_name) == 0
     assert predict(image, "--classes", "1", "--bundle-dir", tiny_bundle_dir, "--output-dir", by_id) == 0
     labels, legend = read_output(by_name / "case_000.nii.gz")
@@ -70,10 +71,11 @@ def test_class_prompt_by_name_and_by_id_find_the_liver_on_the_input_grid(tiny_bu
     weights = (tiny_bundle_dir / "models" / "model.pt").read_bytes()
     assert legend["checkpoint_sha256"] == hashlib.sha256(weights).hexdigest()
     assert sorted(p.name for p in by_name.iterdir()) == ["case_000.legend.json", "case_000.nii.gz"]  # no temp files
+    assert tree_digest(tiny_bundle_dir) == bundle_before  # the bundle folder is only read (no __pycache__ either)
 
 
 def test_a_positive_click_in_ras_returns_the_organ_it_is_in(tiny_bundle_dir, phantoms, tmp_path):
-    pytest.importorskip("skimage", reason="the bundle's point-only post-processing needs scikit-image")
+    pytest.importorskip("skimage", reason="point prompts need scikit-image (VISTA3D's connected components)")
     image = phantoms / "imagesTr" / "case_001.nii.gz"
     affine = nib.load(image).affine
     assert not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3])))  # rotated

@@ -418,7 +418,7 @@ def selected_model(args: argparse.Namespace):
         raise UserError("give --run or --checkpoint, not both")
     if args.run:
         return run_model(Path(args.run), bundle)
-    bundle = bundle or tiny_bundle.ensure_tiny_bundle(log=lambda m: print(m, file=sys.stderr))
+    bundle = bundle or tiny_bundle.ensure_tiny_bundle()
     if args.checkpoint:
         return checkpoint_model(bundle, Path(args.checkpoint))
     return pretrained_model(bundle)
@@ -516,9 +516,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         models.append(selected_model(args))
     if not args.no_pretrained:
         bundle = Path(args.bundle_dir) if args.bundle_dir else (models[0].bundle_dir if models else None)
-        models.insert(
-            0, pretrained_model(bundle or tiny_bundle.ensure_tiny_bundle(log=lambda m: print(m, file=sys.stderr)))
-        )
+        models.insert(0, pretrained_model(bundle or tiny_bundle.ensure_tiny_bundle()))
     out_dir = Path(args.output_dir).absolute() if args.output_dir else Path(tempfile.mkdtemp(prefix="vistafinetune-"))
 
     def build(spec):

@@ -122,15 +122,25 @@ class Predictor:
     ):
         started = time.monotonic()
         self.model = model
+        writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # the bundle folder is only read
+        try:
+            self._build(device, use_point_window, encoder_cache_bytes, modality)
+        finally:
+            sys.dont_write_bytecode = writes_bytecode
+        self.checkpoint_sha256 = sha256_of(model.checkpoint)
+        self.cached: CachedImage | None = None
+        self.load_seconds = round(time.monotonic() - started, 3)
+
+    def _build(self, device, use_point_window, encoder_cache_bytes: int, modality) -> None:
+        """Parse the config and build the network (weights loaded), evaluator, inferer and transforms."""
         self.parser = self._parse_config(device, use_point_window, modality)
-        import torch
         from monai.utils import set_determinism
 
         from VistaFinetuneLib.inference.encoder_cache import EncoderCache
 
         set_determinism(seed=123)  # what the bundle's initialize does before inference
         self.network = self.parser.get_parsed_content("network")
-        self._load_weights(torch)
+        self._load_weights()
         self.encoder_cache = EncoderCache(self.network.image_encoder, encoder_cache_bytes)
         self.network.image_encoder = self.encoder_cache
         self.evaluator = self.parser.get_parsed_content("evaluator")
@@ -140,9 +150,6 @@ class Predictor:
         self.device = str(self.parser.get_parsed_content("device"))
         self.default_point_window = bool(self.inferer.use_point_window)
         self.everything_ids = [int(x) for x in (self.parser.get_parsed_content("everything_labels") or [])]
-        self.checkpoint_sha256 = sha256_of(model.checkpoint)
-        self.cached: CachedImage | None = None
-        self.load_seconds = round(time.monotonic() - started, 3)
 
     def _parse_config(self, device: str | None, use_point_window: bool | None, modality: str | None):
         from monai.bundle import ConfigParser
@@ -171,7 +178,7 @@ class Predictor:
     def expands_subclasses(self) -> bool:
         return bool(self.parser["subclass"])
 
-    def _load_weights(self, torch) -> None:
+    def _load_weights(self) -> None:
         from VistaFinetuneLib.finetune.checkpoints import load_state_dict
 
         checkpoint = self.model.checkpoint
