@@ -240,21 +240,64 @@ def test_results_show_the_run_output(session):
     assert widget.ui.openReportButton.isEnabled() == Path(result["review"]["html"]).is_file()
 
 
-def test_review_fills_the_case_table_and_answers_a_row_click(session):
+def addComparisonViews(scene) -> dict:
+    """The slice views Slicer's layout manager makes for the comparison layout (the stand-in has no views)."""
+    import slicer
+
+    from VistaFinetuneLib.scene.layout import VIEWS
+
+    views = {}
+    for view in VIEWS:
+        sliceNode = slicer.vtkMRMLSliceNode()
+        sliceNode.SetLayoutName(view.name)
+        scene.AddNode(sliceNode)
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(view.name)
+        scene.AddNode(composite)
+        views[view.name] = (view, sliceNode)
+    return views
+
+
+def test_review_loads_the_case_side_by_side_and_a_row_click_centres_the_views(session):
+    import numpy as np
+
+    from VistaFinetuneLib.scene.predictions import class_segment_ids
+
     widget = session.widget
     ui = widget.ui
     ui.openReviewButton.click()
     assert ui.reviewCollapsibleButton.collapsed is False
     assert ui.reviewCaseComboBox.count == 1
+    views = addComparisonViews(session.standIn.scene)
     ui.loadReviewButton.click()
     case = ui.reviewCaseComboBox.currentText
-    per_case = json.loads((session.runDir / "output.json").read_text())["output"]["formal_dice"]["pretrained"]
-    expected = per_case["per_case"][case]["1"]
+    assert ui.reviewStatusLabel.text.startswith(f"{case}: pretrained | finetuned side by side"), (
+        ui.reviewStatusLabel.text
+    )
+    formal = json.loads((session.runDir / "output.json").read_text())["output"]["formal_dice"]
+    liver = formal["pretrained"]["per_case"][case]["1"]
     assert ui.reviewTableWidget.rowCount() == 3
-    assert ui.reviewTableWidget.item(0, 1).text() == ("-" if expected is None else f"{expected:.4f}")
-    assert case in ui.reviewStatusLabel.text
-    ui.reviewTableWidget.cellClicked.emit(2, 0)
-    assert "14: left kidney" in ui.reviewStatusLabel.text
+    assert ui.reviewTableWidget.item(0, 1).text() == ("-" if liver is None else f"{liver:.4f}")
+    nodes = widget.reviewScene
+    names = {nodes["truth"].GetName()} | {n.GetName() for n in nodes["predictions"].values()}
+    assert names == {f"{case} — ground truth", f"{case} — VISTA3D pretrained", f"{case} — VISTA3D finetuned"}
+    for model, segmentation in nodes["predictions"].items():
+        shownIn = set(segmentation.GetDisplayNode().GetViewNodeIDs())
+        assert shownIn == {node.GetID() for view, node in views.values() if view.model == model}
+    assert set(nodes["truth"].GetDisplayNode().GetViewNodeIDs()) == {node.GetID() for _, node in views.values()}
+
+    ui.reviewTableWidget.cellClicked.emit(2, 0)  # left kidney
+    assert ui.reviewStatusLabel.text.startswith("Views centred on 14: left kidney"), ui.reviewStatusLabel.text
+    centre = None
+    for segmentation in (nodes["predictions"]["finetuned"], nodes["truth"], nodes["predictions"]["pretrained"]):
+        segmentId = class_segment_ids(segmentation).get(14)
+        if segmentId:
+            centre = np.array(segmentation.GetSegmentCenterRAS(segmentId))
+            break
+    for _, sliceNode in views.values():
+        matrix = sliceNode.GetSliceToRAS()
+        origin = np.array([matrix.GetElement(i, 3) for i in range(3)])
+        assert np.allclose(origin, centre, atol=0.5)  # every view jumped to the kidney's centre
 
 
 def test_screenshot_with_every_section_open(session, tmp_path):

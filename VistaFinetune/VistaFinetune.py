@@ -18,12 +18,12 @@ from slicer.util import VTKObservationMixin
 ENGINE_PACKAGE = "VistaFinetuneLib"
 POLL_INTERVAL_MS = 1000
 PLOT_SIZE = (360, 120)
-# Two pieces the panel is wired for but this build does not hold yet; their buttons say so instead of failing.
-SCENE_LOGIC_PACKAGE = "VistaFinetuneLib.scene"  # issue 10: scene cases, prediction import, comparison layout
-
-
-def sceneLogicAvailable() -> bool:
-    return importlib.util.find_spec(SCENE_LOGIC_PACKAGE) is not None
+# Wired in the panel but not built yet: training cases picked in the scene (the scene logic can export them,
+# VistaFinetuneLib.scene.export; the panel's case and mapping tables do not offer them yet).
+SCENE_CASES_GAP = (
+    "Cases from the scene are not in the panel yet: export them with VistaFinetuneLib.scene.export, or use a "
+    "dataset folder or datalist."
+)
 
 
 #
@@ -99,7 +99,9 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setupJobDir = None  # a bundle download or environment creation being followed
         self.setupJobDone = None  # what to do when that job completes
         self.timer = None
-        self.following = False  # a run is followed and has not finished
+        self.following = False
+        self.reviewRows = []  # the Review table's rows (ClassDice)
+        self.reviewScene = None  # the loaded case: its nodes  # a run is followed and has not finished
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -132,8 +134,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, edit in self.pathEdits().items():
             edit.connect("currentPathChanged(QString)", lambda path, name=name: self.onPathChanged(name, path))
 
-        if not sceneLogicAvailable():
-            self.ui.addSceneCaseButton.setToolTip(self.sceneLogicGap())
+        self.ui.addSceneCaseButton.setToolTip(_(SCENE_CASES_GAP))
         self.initializeParameterNode()
         self.updateButtons()
 
@@ -314,16 +315,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.start()
 
     def onAddSceneCase(self) -> None:
-        if not sceneLogicAvailable():
-            self.ui.casesStatusLabel.setText(self.sceneLogicGap())
-            return
-        raise NotImplementedError(self.sceneLogicGap())
-
-    def sceneLogicGap(self) -> str:
-        return _(
-            "Cases from the scene need the scene logic ({package}), which this build does not include yet; use a "
-            "dataset folder or datalist."
-        ).format(package=SCENE_LOGIC_PACKAGE)
+        self.ui.casesStatusLabel.setText(_(SCENE_CASES_GAP))
 
     def showCases(self, rows) -> None:
         from VistaFinetuneLib.panel import training_data
@@ -606,36 +598,40 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onLoadReview(self) -> None:
         from VistaFinetuneLib.errors import UserError
-        from VistaFinetuneLib.panel.results import prediction_files
 
         case = self.ui.reviewCaseComboBox.currentText
-        self.fillDiceTable(self.ui.reviewTableWidget, self.results.per_case.get(case, []))
+        self.reviewRows = self.results.per_case.get(case, [])
+        self.fillDiceTable(self.ui.reviewTableWidget, self.reviewRows)
+        self.reviewScene = None
         try:
-            predictions = prediction_files(self.results.run_dir, case)
+            self.reviewScene = self.logic.loadComparison(self.results, case)
+            self.logic.showComparison(self.reviewScene)
         except UserError as error:
-            self.ui.reviewStatusLabel.setText(str(error))
+            loaded = _("Loaded {case}; ").format(case=case) if self.reviewScene else ""
+            self.ui.reviewStatusLabel.setText(loaded + str(error))
             return
-        if not sceneLogicAvailable():
-            self.ui.reviewStatusLabel.setText(
-                _("Dice of {case} shown. Loading {files} side by side needs the scene logic ({package}), not in "
-                  "this build yet.").format(case=case, files=", ".join(p.name for p in predictions.values()),
-                                            package=SCENE_LOGIC_PACKAGE)
-            )  # fmt: skip
-            return
-        raise NotImplementedError(self.sceneLogicGap())
+        self.ui.reviewStatusLabel.setText(
+            _("{case}: pretrained | finetuned side by side, ground truth outlined. Click a row to centre the views.")
+            .format(case=case)
+        )  # fmt: skip
 
     def onReviewRowClicked(self, row: int, column: int) -> None:
-        item = self.ui.reviewTableWidget.item(row, 0)
-        if item is None:
+        if self.reviewScene is None or row >= len(self.reviewRows):
             return
-        if not sceneLogicAvailable():
+        structure = self.reviewRows[row]
+        centre = self.logic.centreOn(self.reviewScene, structure.class_id)
+        if centre is None:
             self.ui.reviewStatusLabel.setText(
-                _("Centring the views on {structure} needs the scene logic ({package}).").format(
-                    structure=item.text(), package=SCENE_LOGIC_PACKAGE
+                _("{structure}: in neither prediction nor the ground truth of this case").format(
+                    structure=structure.name
                 )
             )
-            return
-        raise NotImplementedError(self.sceneLogicGap())
+        else:
+            self.ui.reviewStatusLabel.setText(
+                _("Views centred on {id}: {structure} (R {r:.1f}, A {a:.1f}, S {s:.1f} mm)").format(
+                    id=structure.class_id, structure=structure.name, r=centre[0], a=centre[1], s=centre[2]
+                )
+            )
 
     def onReload(self) -> None:
         # Forget the engine package too, so that edits under VistaFinetuneLib are picked up on reload.
@@ -699,6 +695,47 @@ class VistaFinetuneLogic(ScriptedLoadableModuleLogic):
         from VistaFinetuneLib.resources import RESOURCES
 
         return Path(parameterNode.bundleDir) if parameterNode.bundleDir else RESOURCES / "TinyBundle"
+
+    def loadComparison(self, results, case: str) -> dict:
+        """Load a validation case, its ground truth and both predictions as nodes (scene logic)."""
+        from VistaFinetuneLib.panel.results import ground_truth_file, prediction_files
+        from VistaFinetuneLib.scene import nodes
+        from VistaFinetuneLib.scene.predictions import ClassNaming, import_comparison, import_prediction
+
+        scene = slicer.mrmlScene
+        naming = ClassNaming(self.catalog(str(results.bundle_dir or "")))
+        predictions = prediction_files(results.run_dir, case)
+        volume = nodes.read_volume(scene, results.case_images[case], case)
+        truthFile = ground_truth_file(results.run_dir, case)
+        truth = import_prediction(truthFile, volume, naming, f"{case} — ground truth") if truthFile else None
+        return {"volume": volume, "truth": truth, "predictions": import_comparison(predictions, volume, naming, case)}
+
+    def showComparison(self, reviewScene: dict) -> None:
+        """Switch to the linked pretrained | finetuned layout and show the nodes there."""
+        from VistaFinetuneLib.scene import layout
+
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:  # None without a main window
+            layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+            layoutManager.setLayout(layout.register_layout(layoutNode))
+        layout.show_comparison(reviewScene["volume"], reviewScene["truth"], reviewScene["predictions"])
+
+    @staticmethod
+    def centreOn(reviewScene: dict, classId: int):
+        """Centre every slice view on the structure (finetuned prediction, else ground truth, else pretrained)."""
+        from VistaFinetuneLib.scene.predictions import class_segment_ids
+
+        predictions = reviewScene["predictions"]
+        for segmentation in (predictions.get("finetuned"), reviewScene["truth"], predictions.get("pretrained")):
+            segmentId = class_segment_ids(segmentation).get(classId) if segmentation is not None else None
+            if segmentId:
+                centre = segmentation.GetSegmentCenterRAS(segmentId)
+                if centre is not None:
+                    slicer.vtkMRMLSliceNode.JumpAllSlices(
+                        slicer.mrmlScene, *centre, slicer.vtkMRMLSliceNode.CenteredJumpSlice
+                    )
+                    return list(centre)
+        return None
 
     def catalog(self, bundleDir: str):
         from VistaFinetuneLib.bundle.labels import LabelCatalog
