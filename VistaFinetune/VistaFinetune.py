@@ -18,12 +18,6 @@ from slicer.util import VTKObservationMixin
 ENGINE_PACKAGE = "VistaFinetuneLib"
 POLL_INTERVAL_MS = 1000
 PLOT_SIZE = (360, 120)
-# Wired in the panel but not built yet: training cases picked in the scene (the scene logic can export them,
-# VistaFinetuneLib.scene.export; the panel's case and mapping tables do not offer them yet).
-SCENE_CASES_GAP = (
-    "Cases from the scene are not in the panel yet: export them with VistaFinetuneLib.scene.export, or use a "
-    "dataset folder or datalist."
-)
 
 
 #
@@ -100,6 +94,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setupJobDone = None  # what to do when that job completes
         self.timer = None
         self.following = False
+        self.sceneCases = []  # (volume, segmentation) pairs added from the scene; empty: a folder or datalist
         self.reviewRows = []  # the Review table's rows (ClassDice)
         self.reviewScene = None  # the loaded case: its nodes  # a run is followed and has not finished
 
@@ -134,7 +129,6 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, edit in self.pathEdits().items():
             edit.connect("currentPathChanged(QString)", lambda path, name=name: self.onPathChanged(name, path))
 
-        self.ui.addSceneCaseButton.setToolTip(_(SCENE_CASES_GAP))
         self.initializeParameterNode()
         self.updateButtons()
 
@@ -306,6 +300,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from VistaFinetuneLib.panel import training_data
         from VistaFinetuneLib.panel.background import BackgroundCall
 
+        self.sceneCases = []  # a folder or datalist replaces the scene's cases
         datasetDir = self._parameterNode.datasetDir or None
         datalist = self._parameterNode.datalist or None
         self.ui.casesStatusLabel.setText(_("Reading and checking the cases ..."))
@@ -315,7 +310,47 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.start()
 
     def onAddSceneCase(self) -> None:
-        self.ui.casesStatusLabel.setText(_(SCENE_CASES_GAP))
+        """Add the chosen volume and its segmentation as a case (scene cases replace a folder's)."""
+        from VistaFinetuneLib.panel.training_data import CaseRow
+
+        volume = self.ui.sceneVolumeSelector.currentNode()
+        segmentation = self.ui.sceneSegmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            self.ui.casesStatusLabel.setText(_("Choose a scene volume and the segmentation drawn on it."))
+            return
+        if not self.sceneCases:
+            self.caseRows = []
+        self.sceneCases.append((volume, segmentation))
+        content = segmentation.GetSegmentation()
+        names = [content.GetNthSegment(i).GetName() for i in range(content.GetNumberOfSegments())]
+        row = CaseRow(volume.GetName(), Path(), Path(), validation=len(self.sceneCases) == 1)
+        row.warnings = [_("segments: {names}").format(names=", ".join(names))]
+        self.showCases([*self.caseRows, row])
+
+    def sceneSegments(self):
+        from VistaFinetuneLib.scene.mapping import collect_segments
+
+        return collect_segments([segmentation for _, segmentation in self.sceneCases])
+
+    def sceneMappingRows(self):
+        """One row per distinct segment name, with the scene logic's suggestion (name or terminology)."""
+        from VistaFinetuneLib.panel.training_data import MappingRow
+        from VistaFinetuneLib.scene.mapping import suggest_mapping
+
+        choices = suggest_mapping(self.sceneSegments(), self.catalog)
+        return [MappingRow(index + 1, name, choice.class_id) for index, (name, choice) in enumerate(choices.items())]
+
+    def exportSceneCases(self, folder: Path):
+        """Write the scene cases as a training set (the scene logic: the CT's grid, class ids as label values)."""
+        from VistaFinetuneLib.scene.export import ExportCase, export_training_set
+        from VistaFinetuneLib.scene.mapping import ClassChoice
+
+        choices = {row.name: ClassChoice(row.class_id, "user") for row in self.mappingRows}
+        cases = [
+            ExportCase(volume, segmentation, row.validation)
+            for (volume, segmentation), row in zip(self.sceneCases, self.caseRows, strict=True)
+        ]
+        return export_training_set(cases, choices, self.catalog, folder)
 
     def showCases(self, rows) -> None:
         from VistaFinetuneLib.panel import training_data
@@ -357,9 +392,12 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from VistaFinetuneLib.panel import training_data
 
         self.catalog = self.logic.catalog(self._parameterNode.bundleDir)
-        values = training_data.label_values(self.caseRows)
-        names = training_data.dataset_label_names(self._parameterNode.datasetDir or None)
-        self.mappingRows = training_data.mapping_rows(values, names, self.catalog)
+        if self.sceneCases:
+            self.mappingRows = self.sceneMappingRows()
+        else:
+            values = training_data.label_values(self.caseRows)
+            names = training_data.dataset_label_names(self._parameterNode.datasetDir or None)
+            self.mappingRows = training_data.mapping_rows(values, names, self.catalog)
         choices = training_data.class_choices(self.catalog)
         table = self.ui.mappingTableWidget
         table.setRowCount(len(self.mappingRows))
@@ -409,10 +447,20 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateMappingMessages()
 
     def updateMappingMessages(self) -> None:
+        from VistaFinetuneLib.errors import UserError
         from VistaFinetuneLib.panel import training_data
 
-        values = training_data.label_values(self.caseRows)
-        error, warnings = training_data.mapping_messages(self.mappingRows, values, self.catalog)
+        if self.sceneCases:
+            from VistaFinetuneLib.scene.mapping import ClassChoice, check_mapping
+
+            choices = {row.name: ClassChoice(row.class_id, "user") for row in self.mappingRows}
+            try:
+                error, warnings = None, check_mapping(self.sceneSegments(), choices, self.catalog)
+            except UserError as problem:
+                error, warnings = str(problem), []
+        else:
+            values = training_data.label_values(self.caseRows)
+            error, warnings = training_data.mapping_messages(self.mappingRows, values, self.catalog)
         self.ui.mappingMessagesLabel.setText("\n".join(([error] if error else []) + warnings) or _("Mapping complete."))
 
     # --- Training --------------------------------------------------------------------------------------------------
@@ -458,12 +506,20 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStart(self) -> None:
         from VistaFinetuneLib.errors import UserError
+        from VistaFinetuneLib.panel.controller import training_data_path
 
+        bundleDir = self.logic.bundleDir(self._parameterNode) if self._parameterNode.bundleDir else None
         try:
-            view = self.controller.start(
-                self.caseRows, self.mappingRows, self.catalog, self.trainingSettings(),
-                self.logic.bundleDir(self._parameterNode) if self._parameterNode.bundleDir else None,
-            )  # fmt: skip
+            if self.sceneCases:
+                runDir = self.controller.new_run_dir()
+                exported = self.exportSceneCases(training_data_path(runDir).parent / "dataset")
+                view = self.controller.start_exported(
+                    runDir, exported.datalist, exported.label_mappings, self.trainingSettings(), bundleDir
+                )
+            else:
+                view = self.controller.start(
+                    self.caseRows, self.mappingRows, self.catalog, self.trainingSettings(), bundleDir
+                )
         except UserError as error:
             self.showError(str(error))
             return
