@@ -880,40 +880,19 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
             cases.append((volume, segmentation))
         return cases
 
-    def exportCases(self, cases, folder: Path) -> Path:
-        """The scene cases as a dataset folder (imagesTr/ + labelsTr/, values 1..3 in segment order)."""
-        for sub in ("imagesTr", "labelsTr"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        segmentations = slicer.modules.segmentations.logic()
-        for volume, segmentation in cases:
-            name = volume.GetName()
-            slicer.util.saveNode(volume, str(folder / "imagesTr" / f"{name}.nii.gz"))
-            labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-            segmentations.ExportAllSegmentsToLabelmapNode(
-                segmentation, labels, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
-            )
-            slicer.util.saveNode(labels, str(folder / "labelsTr" / f"{name}.nii.gz"))
-            slicer.mrmlScene.RemoveNode(labels)
-        names = {"1": "Liver", "2": "Spleen", "3": "Kidney L"}
-        (folder / "dataset.json").write_text(json.dumps({"labels": names}))
-        return folder
-
     def test_panelRoundTrip(self) -> None:
-        """Scene cases -> export -> tiny finetune through the job API, driven by the panel -> results -> review."""
+        """Scene cases -> export (scene logic) -> tiny finetune through the job API -> import -> tables."""
         import tempfile
 
         python = os.environ.get("VISTAFINETUNE_JOB_PYTHON")
         bundle = os.environ.get("VISTAFINETUNE_TINY_BUNDLE")
         if not (python and bundle):
-            self.delayDisplay(
-                "Skipped: set VISTAFINETUNE_JOB_PYTHON and VISTAFINETUNE_TINY_BUNDLE to run the round trip"
-            )
+            self.delayDisplay("Skipped: set VISTAFINETUNE_JOB_PYTHON and VISTAFINETUNE_TINY_BUNDLE for the round trip")
             return
         folder = Path(tempfile.mkdtemp(prefix="VistaFinetuneTest-"))
         self.delayDisplay("Building synthetic CT volumes and segmentations in the scene")
         cases = self.makeSceneCases(folder)
         self.assertEqual(len(cases), 4)
-        dataset = self.exportCases(cases, folder / "dataset")
 
         slicer.util.selectModule("VistaFinetune")
         widget = slicer.modules.VistaFinetuneWidget
@@ -921,30 +900,38 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
         ui.jobPythonPathLineEdit.currentPath = python
         ui.bundlePathLineEdit.currentPath = bundle
         ui.runsFolderPathLineEdit.currentPath = str(folder / "runs")
-        ui.datasetPathLineEdit.currentPath = str(dataset)
-
-        self.delayDisplay("Reading the exported cases")
-        ui.readCasesButton.click()
-        self.assertTrue(self.waitFor(lambda: ui.casesTableWidget.rowCount == 4, 120))
+        for volume, segmentation in cases:
+            ui.sceneVolumeSelector.setCurrentNode(volume)
+            ui.sceneSegmentationSelector.setCurrentNode(segmentation)
+            ui.addSceneCaseButton.click()
+        self.assertEqual(ui.casesTableWidget.rowCount, 4)
+        self.assertEqual([row.validation for row in widget.caseRows], [True, False, False, False])
         self.assertEqual([row.class_id for row in widget.mappingRows], [1, 3, 14])
 
-        self.delayDisplay("Finetuning the tiny bundle in the background (1 epoch)")
+        self.delayDisplay("Exporting and finetuning the tiny bundle in the background (1 epoch)")
         ui.epochsSpinBox.value = 1
         ui.startButton.click()
         self.assertTrue(widget.following)
+        exported = widget.controller.run_dir.parent / f"{widget.controller.run_dir.name}.inputs" / "dataset"
+        self.assertTrue((exported / "datalist.json").is_file())
         self.assertTrue(self.waitFor(lambda: not widget.following, self.JOB_TIMEOUT_S), ui.logTextEdit.plainText)
         self.assertEqual(ui.progressLabel.text, "Finished: see Results.")
         self.assertEqual(ui.progressBar.value, 100)
 
-        self.delayDisplay("Results and review")
+        self.delayDisplay("Results, and the review side by side")
         self.assertEqual(ui.resultsTableWidget.rowCount, 3)
         self.assertEqual(ui.resultsTableWidget.item(2, 0).text(), "14: left kidney")
         self.assertTrue(ui.verdictLabel.text)
         ui.openReviewButton.click()
         self.assertEqual(ui.reviewCaseComboBox.count, 1)
         ui.loadReviewButton.click()
+        self.assertTrue(
+            ui.reviewStatusLabel.text.startswith(ui.reviewCaseComboBox.currentText), ui.reviewStatusLabel.text
+        )
         self.assertEqual(ui.reviewTableWidget.rowCount, 3)
-        ui.reviewTableWidget.setCurrentCell(2, 0)
+        self.assertEqual(len(widget.reviewScene["predictions"]), 2)
         widget.onReviewRowClicked(2, 0)
-        self.assertIn("left kidney", ui.reviewStatusLabel.text)
+        self.assertTrue(
+            ui.reviewStatusLabel.text.startswith("Views centred on 14: left kidney"), ui.reviewStatusLabel.text
+        )
         self.delayDisplay("Test passed")
