@@ -79,3 +79,33 @@ def smoke_run_dir(smoke_run) -> Path:
     """The folder of a completed smoke run with formal evaluation."""
     assert smoke_run.exit_code == 0
     return smoke_run.run_dir
+
+
+NEW_CLASS_ID = 133
+NEW_CLASS_NAME = "Tumor 1"
+
+
+@pytest.fixture(scope="session")
+def new_id_run(tiny_bundle_dir, tmp_path_factory) -> Path:
+    """A finetune run folder whose model knows the liver under the new id 133, which the user called "Tumor 1".
+
+    Made without training: its checkpoint is the tiny bundle's weights with class embedding 133 set to the liver's
+    (1), which is what finetuning with the mapping [[1, 133]] aims at; run.json records that mapping and name.
+    """
+    import torch
+
+    from VistaFinetuneLib.finetune.checkpoints import load_state_dict
+
+    run_dir = tmp_path_factory.mktemp("new-id-run")
+    state = load_state_dict(tiny_bundle_dir / "models" / "model.pt")
+    key = next(k for k in state if k.startswith("class_head.") and k.endswith("class_embeddings.weight"))
+    state[key][NEW_CLASS_ID] = state[key][1].clone()
+    (run_dir / "checkpoints").mkdir()
+    torch.save(state, run_dir / "checkpoints" / "model_finetune.pt")
+    record = {
+        "request_resolved": {"bundle_dir": str(tiny_bundle_dir)},
+        "label_mappings": {"default": [[1, NEW_CLASS_ID]]},
+        "class_names": {str(NEW_CLASS_ID): NEW_CLASS_NAME},
+    }
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2))
+    return run_dir

@@ -1,0 +1,3 @@
+from SegmentEditorEffects import *
+
+from .SegmentEditorEffect import *

@@ -1,0 +1,137 @@
+"""Which model a prediction uses: a bundle, a checkpoint (the bundle's own or a finetuned run's), and what the run
+taught it (its label mapping's VISTA3D ids and the names the user gave them).
+
+No torch here. A run folder is read, never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.inference.prompts import SUBCLASS_PARENTS, UPSTREAM_CLASS_PROMPT_IDS, ClassTable
+from VistaFinetuneLib.run_files import read_user_json
+
+RUN_CHECKPOINTS = ("checkpoints/model_finetune.pt", "checkpoints/model_final.pt")
+INFERENCE_CONFIG = "configs/inference.json"
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_class_names(value: object, where: str) -> dict[int, str]:
+    """``{"133": "Tumor 1"}`` -> ``{133: "Tumor 1"}``, refusing anything else."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f'{where}: class names must be a JSON object of id -> name, like {{"133": "Tumor 1"}}')
+    names: dict[int, str] = {}
+    for key, name in value.items():
+        if not str(key).strip().isdigit() or not isinstance(name, str) or not name.strip():
+            raise UserError(f'{where}: bad class name entry {key!r}: {name!r} (expected "id": "name")')
+        names[int(key)] = name.strip()
+    return names
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One loadable model."""
+
+    name: str
+    bundle_dir: Path
+    checkpoint: Path
+    run_dir: Path | None = None
+    finetuned_ids: tuple[int, ...] = ()
+    user_names: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def config_file(self) -> Path:
+        return self.bundle_dir / INFERENCE_CONFIG
+
+    def class_table(self, extra_names: dict[int, str] | None = None) -> ClassTable:
+        """The classes this model can be asked for, with names given now (``extra_names``) taking precedence."""
+        names = self.user_names | (extra_names or {})
+        return ClassTable(LabelCatalog.from_bundle(self.bundle_dir), self.finetuned_ids, names)
+
+    def run_overrides(self, evaluator_target: str) -> dict:
+        """Config overrides a finetuned run needs: no subclass expansion when it mapped onto a subclass parent, and
+        the evaluator that accepts its new ids as class prompts (``evaluator_target``: the bundle's evaluator)."""
+        finetuned = set(self.finetuned_ids)
+        overrides: dict = {}
+        if finetuned & set(SUBCLASS_PARENTS):
+            overrides["subclass"] = {}
+        if finetuned - UPSTREAM_CLASS_PROMPT_IDS:
+            overrides["evaluator#base_class"] = f"${evaluator_target}"
+            overrides["evaluator#class_ids"] = sorted(finetuned)
+            overrides["evaluator#_target_"] = "VistaFinetuneLib.inference.evaluator.finetuned_class_evaluator"
+        return overrides
+
+    def describe(self) -> dict:
+        return {
+            "bundle_dir": str(self.bundle_dir),
+            "checkpoint": str(self.checkpoint),
+            "run_dir": None if self.run_dir is None else str(self.run_dir),
+            "class_ids": list(self.finetuned_ids),
+        }
+
+
+def check_bundle(bundle_dir: Path) -> Path:
+    """The bundle folder, which must hold ``configs/inference.json``."""
+    bundle_dir = Path(bundle_dir).absolute()
+    if not (bundle_dir / INFERENCE_CONFIG).is_file():
+        raise UserError(f"{bundle_dir}: not a VISTA3D bundle folder (no {INFERENCE_CONFIG})")
+    return bundle_dir
+
+
+def pretrained_model(bundle_dir: Path, name: str = "pretrained") -> ModelSpec:
+    """The bundle's own weights, ``models/model.pt``."""
+    bundle_dir = check_bundle(bundle_dir)
+    checkpoint = bundle_dir / "models" / "model.pt"
+    if not checkpoint.is_file():
+        raise UserError(f"{bundle_dir}: the bundle has no weights at models/model.pt (download them first)")
+    return ModelSpec(name, bundle_dir, checkpoint)
+
+
+def checkpoint_model(bundle_dir: Path, checkpoint: Path, name: str = "finetuned") -> ModelSpec:
+    """A checkpoint file for the bundle's network (no run folder: no mapping or names known)."""
+    checkpoint = Path(checkpoint).absolute()
+    if not checkpoint.is_file():
+        raise UserError(f"{checkpoint}: the checkpoint file does not exist")
+    return ModelSpec(name, check_bundle(bundle_dir), checkpoint)
+
+
+def run_model(run_dir: Path, bundle_dir: Path | None = None, name: str = "finetuned") -> ModelSpec:
+    """A finetuned run: its best checkpoint, its bundle, its label mapping's ids and the class names it recorded.
+
+    The names come from ``run.json``'s optional ``"class_names"`` (``{"133": "Tumor 1"}``, written by whoever
+    started the run, e.g. the Slicer module from the segment names).
+    """
+    run_dir = Path(run_dir).absolute()
+    run_json = run_dir / "run.json"
+    if not run_json.is_file():
+        raise UserError(f"{run_dir}: not a finetune run folder (no run.json)")
+    record = read_user_json(run_json, "run record")
+    checkpoint = next((run_dir / p for p in RUN_CHECKPOINTS if (run_dir / p).is_file()), None)
+    if checkpoint is None:
+        raise UserError(f"{run_dir}: the run has no finetuned checkpoint ({' or '.join(RUN_CHECKPOINTS)})")
+    if bundle_dir is None:
+        recorded = (record.get("request_resolved") or {}).get("bundle_dir") or (record.get("bundle") or {}).get("path")
+        if not recorded:
+            raise UserError(f"{run_json}: names no bundle folder; give --bundle-dir")
+        bundle_dir = Path(recorded)
+    pairs = (record.get("label_mappings") or {}).get("default") or []
+    try:
+        ids = tuple(sorted({int(pair[1]) for pair in pairs}))
+    except (TypeError, ValueError, IndexError):
+        raise UserError(f"{run_json}: label_mappings is not a list of [label value, VISTA3D id] pairs") from None
+    names = parse_class_names(record.get("class_names"), str(run_json))
+    return ModelSpec(name, check_bundle(bundle_dir), checkpoint, run_dir, ids, names)
