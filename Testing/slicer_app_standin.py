@@ -446,6 +446,10 @@ class AppStandIn:
     def testingEnabled(self) -> bool:
         return False
 
+    def layoutManager(self):
+        """None, as in Slicer without a main window: there are no views to lay out."""
+        return None
+
     def setOverrideCursor(self, cursor) -> None:
         """No cursor offscreen."""
 

@@ -134,6 +134,7 @@ def session(tiny_bundle_dir, tmp_path_factory) -> Session:
         ui.cancelButton.click()
         assert standIn.processEventsUntil(lambda: not widget.following, 60)
         seen.cancelled = control.poll_job(first)
+        standIn.processEventsUntil(lambda: control.job_processes(first) == [], 10)  # the supervisor exits last
         seen.cancelledLeftovers = control.job_processes(first)
 
         ui.startButton.click()  # job 2: followed to the end, across a "restart"
@@ -240,21 +241,64 @@ def test_results_show_the_run_output(session):
     assert widget.ui.openReportButton.isEnabled() == Path(result["review"]["html"]).is_file()
 
 
-def test_review_fills_the_case_table_and_answers_a_row_click(session):
+def addComparisonViews(scene) -> dict:
+    """The slice views Slicer's layout manager makes for the comparison layout (the stand-in has no views)."""
+    import slicer
+
+    from VistaFinetuneLib.scene.layout import VIEWS
+
+    views = {}
+    for view in VIEWS:
+        sliceNode = slicer.vtkMRMLSliceNode()
+        sliceNode.SetLayoutName(view.name)
+        scene.AddNode(sliceNode)
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(view.name)
+        scene.AddNode(composite)
+        views[view.name] = (view, sliceNode)
+    return views
+
+
+def test_review_loads_the_case_side_by_side_and_a_row_click_centres_the_views(session):
+    import numpy as np
+
+    from VistaFinetuneLib.scene.predictions import class_segment_ids
+
     widget = session.widget
     ui = widget.ui
     ui.openReviewButton.click()
     assert ui.reviewCollapsibleButton.collapsed is False
     assert ui.reviewCaseComboBox.count == 1
+    views = addComparisonViews(session.standIn.scene)
     ui.loadReviewButton.click()
     case = ui.reviewCaseComboBox.currentText
-    per_case = json.loads((session.runDir / "output.json").read_text())["output"]["formal_dice"]["pretrained"]
-    expected = per_case["per_case"][case]["1"]
+    assert ui.reviewStatusLabel.text.startswith(f"{case}: pretrained | finetuned side by side"), (
+        ui.reviewStatusLabel.text
+    )
+    formal = json.loads((session.runDir / "output.json").read_text())["output"]["formal_dice"]
+    liver = formal["pretrained"]["per_case"][case]["1"]
     assert ui.reviewTableWidget.rowCount() == 3
-    assert ui.reviewTableWidget.item(0, 1).text() == ("-" if expected is None else f"{expected:.4f}")
-    assert case in ui.reviewStatusLabel.text
-    ui.reviewTableWidget.cellClicked.emit(2, 0)
-    assert "14: left kidney" in ui.reviewStatusLabel.text
+    assert ui.reviewTableWidget.item(0, 1).text() == ("-" if liver is None else f"{liver:.4f}")
+    nodes = widget.reviewScene
+    names = {nodes["truth"].GetName()} | {n.GetName() for n in nodes["predictions"].values()}
+    assert names == {f"{case} — ground truth", f"{case} — VISTA3D pretrained", f"{case} — VISTA3D finetuned"}
+    for model, segmentation in nodes["predictions"].items():
+        shownIn = set(segmentation.GetDisplayNode().GetViewNodeIDs())
+        assert shownIn == {node.GetID() for view, node in views.values() if view.model == model}
+    assert set(nodes["truth"].GetDisplayNode().GetViewNodeIDs()) == {node.GetID() for _, node in views.values()}
+
+    ui.reviewTableWidget.cellClicked.emit(2, 0)  # left kidney
+    assert ui.reviewStatusLabel.text.startswith("Views centred on 14: left kidney"), ui.reviewStatusLabel.text
+    centre = None
+    for segmentation in (nodes["predictions"]["finetuned"], nodes["truth"], nodes["predictions"]["pretrained"]):
+        segmentId = class_segment_ids(segmentation).get(14)
+        if segmentId:
+            centre = np.array(segmentation.GetSegmentCenterRAS(segmentId))
+            break
+    for _, sliceNode in views.values():
+        matrix = sliceNode.GetSliceToRAS()
+        origin = np.array([matrix.GetElement(i, 3) for i in range(3)])
+        assert np.allclose(origin, centre, atol=0.5)  # every view jumped to the kidney's centre
 
 
 def test_screenshot_with_every_section_open(session, tmp_path):
@@ -273,3 +317,53 @@ def test_screenshot_with_every_section_open(session, tmp_path):
     assert len(colours) > 5  # not blank
     if os.environ.get(SCREENSHOT_ENV):
         shutil.copyfile(target, os.environ[SCREENSHOT_ENV])
+
+
+def test_cases_from_the_scene_are_exported_and_trained_on(session):
+    """Add from scene: two volumes with segmentations -> rows, suggested classes -> Start exports them
+    through the scene logic and starts the job on that export (cancelled at once: the training ran above)."""
+    import scene_helpers
+    import slicer
+
+    from VistaFinetuneLib.jobs.supervisor import JobFiles
+    from VistaFinetuneLib.panel.controller import training_data_path
+
+    scene = session.standIn.scene
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()  # Slicer keeps one per scene (converter rules)
+    segmentations.SetMRMLScene(scene)
+    names = {"liver": "Liver", "spleen": "Spleen", "left kidney": "Kidney L"}
+    for index in range(2):
+        image, label, affine = scene_helpers.phantom(index)
+        volume = scene_helpers.add_volume(scene, f"CT {index}", image, affine)
+        segments = scene_helpers.organ_segments(label, affine, names)
+        scene_helpers.add_segmentation(scene, f"CT {index} segments", volume, segments)
+    widget = newWidget(sys.modules["VistaFinetune"])
+    ui = widget.ui
+    for index in range(2):
+        ui.sceneVolumeSelector.setCurrentIndex(ui.sceneVolumeSelector.findText(f"CT {index}"))
+        ui.sceneSegmentationSelector.setCurrentIndex(ui.sceneSegmentationSelector.findText(f"CT {index} segments"))
+        ui.addSceneCaseButton.click()
+    assert [ui.casesTableWidget.item(r, 0).text() for r in range(ui.casesTableWidget.rowCount())] == ["CT 0", "CT 1"]
+    assert [row.validation for row in widget.caseRows] == [True, False]
+    assert [(row.name, row.class_id) for row in widget.mappingRows] == [("Liver", 1), ("Spleen", 3), ("Kidney L", 14)]
+    assert ui.mappingMessagesLabel.text == "Mapping complete."
+
+    ui.epochsSpinBox.setValue(1)
+    ui.startButton.click()
+    assert widget.following, session.standIn.errors
+    runDir = widget.controller.run_dir
+    exported = training_data_path(runDir).parent / "dataset"
+    items = json.loads((exported / "datalist.json").read_text())["training"]
+    assert [(item["image"], item["fold"]) for item in items] == [
+        ("imagesTr/CT_0.nii.gz", 0),
+        ("imagesTr/CT_1.nii.gz", 1),
+    ]
+    arguments = json.loads(JobFiles(runDir).job_json.read_text())["engine_args"]
+    assert arguments[arguments.index("--datalist") + 1] == str(exported / "datalist.json")
+    assert json.loads(arguments[arguments.index("--label-mapping") + 1]) == [[1, 1], [3, 3], [14, 14]]
+    # Cancel once the supervisor runs the job (its signal handler is set before it starts the job).
+    assert session.standIn.processEventsUntil(lambda: "pid" in json.loads(JobFiles(runDir).job_json.read_text()), 60)
+    ui.cancelButton.click()
+    assert session.standIn.processEventsUntil(lambda: not widget.following, 60)
+    assert control.poll_job(runDir).state == "cancelled"
+    assert session.standIn.processEventsUntil(lambda: control.job_processes(runDir) == [], 10)  # the supervisor too

@@ -18,12 +18,6 @@ from slicer.util import VTKObservationMixin
 ENGINE_PACKAGE = "VistaFinetuneLib"
 POLL_INTERVAL_MS = 1000
 PLOT_SIZE = (360, 120)
-# Two pieces the panel is wired for but this build does not hold yet; their buttons say so instead of failing.
-SCENE_LOGIC_PACKAGE = "VistaFinetuneLib.scene"  # issue 10: scene cases, prediction import, comparison layout
-
-
-def sceneLogicAvailable() -> bool:
-    return importlib.util.find_spec(SCENE_LOGIC_PACKAGE) is not None
 
 
 #
@@ -99,7 +93,10 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setupJobDir = None  # a bundle download or environment creation being followed
         self.setupJobDone = None  # what to do when that job completes
         self.timer = None
-        self.following = False  # a run is followed and has not finished
+        self.following = False
+        self.sceneCases = []  # (volume, segmentation) pairs added from the scene; empty: a folder or datalist
+        self.reviewRows = []  # the Review table's rows (ClassDice)
+        self.reviewScene = None  # the loaded case: its nodes  # a run is followed and has not finished
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -132,8 +129,6 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, edit in self.pathEdits().items():
             edit.connect("currentPathChanged(QString)", lambda path, name=name: self.onPathChanged(name, path))
 
-        if not sceneLogicAvailable():
-            self.ui.addSceneCaseButton.setToolTip(self.sceneLogicGap())
         self.initializeParameterNode()
         self.updateButtons()
 
@@ -305,6 +300,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from VistaFinetuneLib.panel import training_data
         from VistaFinetuneLib.panel.background import BackgroundCall
 
+        self.sceneCases = []  # a folder or datalist replaces the scene's cases
         datasetDir = self._parameterNode.datasetDir or None
         datalist = self._parameterNode.datalist or None
         self.ui.casesStatusLabel.setText(_("Reading and checking the cases ..."))
@@ -314,16 +310,47 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.start()
 
     def onAddSceneCase(self) -> None:
-        if not sceneLogicAvailable():
-            self.ui.casesStatusLabel.setText(self.sceneLogicGap())
-            return
-        raise NotImplementedError(self.sceneLogicGap())
+        """Add the chosen volume and its segmentation as a case (scene cases replace a folder's)."""
+        from VistaFinetuneLib.panel.training_data import CaseRow
 
-    def sceneLogicGap(self) -> str:
-        return _(
-            "Cases from the scene need the scene logic ({package}), which this build does not include yet; use a "
-            "dataset folder or datalist."
-        ).format(package=SCENE_LOGIC_PACKAGE)
+        volume = self.ui.sceneVolumeSelector.currentNode()
+        segmentation = self.ui.sceneSegmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            self.ui.casesStatusLabel.setText(_("Choose a scene volume and the segmentation drawn on it."))
+            return
+        if not self.sceneCases:
+            self.caseRows = []
+        self.sceneCases.append((volume, segmentation))
+        content = segmentation.GetSegmentation()
+        names = [content.GetNthSegment(i).GetName() for i in range(content.GetNumberOfSegments())]
+        row = CaseRow(volume.GetName(), Path(), Path(), validation=len(self.sceneCases) == 1)
+        row.warnings = [_("segments: {names}").format(names=", ".join(names))]
+        self.showCases([*self.caseRows, row])
+
+    def sceneSegments(self):
+        from VistaFinetuneLib.scene.mapping import collect_segments
+
+        return collect_segments([segmentation for _, segmentation in self.sceneCases])
+
+    def sceneMappingRows(self):
+        """One row per distinct segment name, with the scene logic's suggestion (name or terminology)."""
+        from VistaFinetuneLib.panel.training_data import MappingRow
+        from VistaFinetuneLib.scene.mapping import suggest_mapping
+
+        choices = suggest_mapping(self.sceneSegments(), self.catalog)
+        return [MappingRow(index + 1, name, choice.class_id) for index, (name, choice) in enumerate(choices.items())]
+
+    def exportSceneCases(self, folder: Path):
+        """Write the scene cases as a training set (the scene logic: the CT's grid, class ids as label values)."""
+        from VistaFinetuneLib.scene.export import ExportCase, export_training_set
+        from VistaFinetuneLib.scene.mapping import ClassChoice
+
+        choices = {row.name: ClassChoice(row.class_id, "user") for row in self.mappingRows}
+        cases = [
+            ExportCase(volume, segmentation, row.validation)
+            for (volume, segmentation), row in zip(self.sceneCases, self.caseRows, strict=True)
+        ]
+        return export_training_set(cases, choices, self.catalog, folder)
 
     def showCases(self, rows) -> None:
         from VistaFinetuneLib.panel import training_data
@@ -365,9 +392,12 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from VistaFinetuneLib.panel import training_data
 
         self.catalog = self.logic.catalog(self._parameterNode.bundleDir)
-        values = training_data.label_values(self.caseRows)
-        names = training_data.dataset_label_names(self._parameterNode.datasetDir or None)
-        self.mappingRows = training_data.mapping_rows(values, names, self.catalog)
+        if self.sceneCases:
+            self.mappingRows = self.sceneMappingRows()
+        else:
+            values = training_data.label_values(self.caseRows)
+            names = training_data.dataset_label_names(self._parameterNode.datasetDir or None)
+            self.mappingRows = training_data.mapping_rows(values, names, self.catalog)
         choices = training_data.class_choices(self.catalog)
         table = self.ui.mappingTableWidget
         table.setRowCount(len(self.mappingRows))
@@ -417,10 +447,20 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateMappingMessages()
 
     def updateMappingMessages(self) -> None:
+        from VistaFinetuneLib.errors import UserError
         from VistaFinetuneLib.panel import training_data
 
-        values = training_data.label_values(self.caseRows)
-        error, warnings = training_data.mapping_messages(self.mappingRows, values, self.catalog)
+        if self.sceneCases:
+            from VistaFinetuneLib.scene.mapping import ClassChoice, check_mapping
+
+            choices = {row.name: ClassChoice(row.class_id, "user") for row in self.mappingRows}
+            try:
+                error, warnings = None, check_mapping(self.sceneSegments(), choices, self.catalog)
+            except UserError as problem:
+                error, warnings = str(problem), []
+        else:
+            values = training_data.label_values(self.caseRows)
+            error, warnings = training_data.mapping_messages(self.mappingRows, values, self.catalog)
         self.ui.mappingMessagesLabel.setText("\n".join(([error] if error else []) + warnings) or _("Mapping complete."))
 
     # --- Training --------------------------------------------------------------------------------------------------
@@ -466,12 +506,20 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStart(self) -> None:
         from VistaFinetuneLib.errors import UserError
+        from VistaFinetuneLib.panel.controller import training_data_path
 
+        bundleDir = self.logic.bundleDir(self._parameterNode) if self._parameterNode.bundleDir else None
         try:
-            view = self.controller.start(
-                self.caseRows, self.mappingRows, self.catalog, self.trainingSettings(),
-                self.logic.bundleDir(self._parameterNode) if self._parameterNode.bundleDir else None,
-            )  # fmt: skip
+            if self.sceneCases:
+                runDir = self.controller.new_run_dir()
+                exported = self.exportSceneCases(training_data_path(runDir).parent / "dataset")
+                view = self.controller.start_exported(
+                    runDir, exported.datalist, exported.label_mappings, self.trainingSettings(), bundleDir
+                )
+            else:
+                view = self.controller.start(
+                    self.caseRows, self.mappingRows, self.catalog, self.trainingSettings(), bundleDir
+                )
         except UserError as error:
             self.showError(str(error))
             return
@@ -606,36 +654,40 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onLoadReview(self) -> None:
         from VistaFinetuneLib.errors import UserError
-        from VistaFinetuneLib.panel.results import prediction_files
 
         case = self.ui.reviewCaseComboBox.currentText
-        self.fillDiceTable(self.ui.reviewTableWidget, self.results.per_case.get(case, []))
+        self.reviewRows = self.results.per_case.get(case, [])
+        self.fillDiceTable(self.ui.reviewTableWidget, self.reviewRows)
+        self.reviewScene = None
         try:
-            predictions = prediction_files(self.results.run_dir, case)
+            self.reviewScene = self.logic.loadComparison(self.results, case)
+            self.logic.showComparison(self.reviewScene)
         except UserError as error:
-            self.ui.reviewStatusLabel.setText(str(error))
+            loaded = _("Loaded {case}; ").format(case=case) if self.reviewScene else ""
+            self.ui.reviewStatusLabel.setText(loaded + str(error))
             return
-        if not sceneLogicAvailable():
-            self.ui.reviewStatusLabel.setText(
-                _("Dice of {case} shown. Loading {files} side by side needs the scene logic ({package}), not in "
-                  "this build yet.").format(case=case, files=", ".join(p.name for p in predictions.values()),
-                                            package=SCENE_LOGIC_PACKAGE)
-            )  # fmt: skip
-            return
-        raise NotImplementedError(self.sceneLogicGap())
+        self.ui.reviewStatusLabel.setText(
+            _("{case}: pretrained | finetuned side by side, ground truth outlined. Click a row to centre the views.")
+            .format(case=case)
+        )  # fmt: skip
 
     def onReviewRowClicked(self, row: int, column: int) -> None:
-        item = self.ui.reviewTableWidget.item(row, 0)
-        if item is None:
+        if self.reviewScene is None or row >= len(self.reviewRows):
             return
-        if not sceneLogicAvailable():
+        structure = self.reviewRows[row]
+        centre = self.logic.centreOn(self.reviewScene, structure.class_id)
+        if centre is None:
             self.ui.reviewStatusLabel.setText(
-                _("Centring the views on {structure} needs the scene logic ({package}).").format(
-                    structure=item.text(), package=SCENE_LOGIC_PACKAGE
+                _("{structure}: in neither prediction nor the ground truth of this case").format(
+                    structure=structure.name
                 )
             )
-            return
-        raise NotImplementedError(self.sceneLogicGap())
+        else:
+            self.ui.reviewStatusLabel.setText(
+                _("Views centred on {id}: {structure} (R {r:.1f}, A {a:.1f}, S {s:.1f} mm)").format(
+                    id=structure.class_id, structure=structure.name, r=centre[0], a=centre[1], s=centre[2]
+                )
+            )
 
     def onReload(self) -> None:
         # Forget the engine package too, so that edits under VistaFinetuneLib are picked up on reload.
@@ -699,6 +751,47 @@ class VistaFinetuneLogic(ScriptedLoadableModuleLogic):
         from VistaFinetuneLib.resources import RESOURCES
 
         return Path(parameterNode.bundleDir) if parameterNode.bundleDir else RESOURCES / "TinyBundle"
+
+    def loadComparison(self, results, case: str) -> dict:
+        """Load a validation case, its ground truth and both predictions as nodes (scene logic)."""
+        from VistaFinetuneLib.panel.results import ground_truth_file, prediction_files
+        from VistaFinetuneLib.scene import nodes
+        from VistaFinetuneLib.scene.predictions import ClassNaming, import_comparison, import_prediction
+
+        scene = slicer.mrmlScene
+        naming = ClassNaming(self.catalog(str(results.bundle_dir or "")))
+        predictions = prediction_files(results.run_dir, case)
+        volume = nodes.read_volume(scene, results.case_images[case], case)
+        truthFile = ground_truth_file(results.run_dir, case)
+        truth = import_prediction(truthFile, volume, naming, f"{case} — ground truth") if truthFile else None
+        return {"volume": volume, "truth": truth, "predictions": import_comparison(predictions, volume, naming, case)}
+
+    def showComparison(self, reviewScene: dict) -> None:
+        """Switch to the linked pretrained | finetuned layout and show the nodes there."""
+        from VistaFinetuneLib.scene import layout
+
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:  # None without a main window
+            layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+            layoutManager.setLayout(layout.register_layout(layoutNode))
+        layout.show_comparison(reviewScene["volume"], reviewScene["truth"], reviewScene["predictions"])
+
+    @staticmethod
+    def centreOn(reviewScene: dict, classId: int):
+        """Centre every slice view on the structure (finetuned prediction, else ground truth, else pretrained)."""
+        from VistaFinetuneLib.scene.predictions import class_segment_ids
+
+        predictions = reviewScene["predictions"]
+        for segmentation in (predictions.get("finetuned"), reviewScene["truth"], predictions.get("pretrained")):
+            segmentId = class_segment_ids(segmentation).get(classId) if segmentation is not None else None
+            if segmentId:
+                centre = segmentation.GetSegmentCenterRAS(segmentId)
+                if centre is not None:
+                    slicer.vtkMRMLSliceNode.JumpAllSlices(
+                        slicer.mrmlScene, *centre, slicer.vtkMRMLSliceNode.CenteredJumpSlice
+                    )
+                    return list(centre)
+        return None
 
     def catalog(self, bundleDir: str):
         from VistaFinetuneLib.bundle.labels import LabelCatalog
@@ -787,40 +880,19 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
             cases.append((volume, segmentation))
         return cases
 
-    def exportCases(self, cases, folder: Path) -> Path:
-        """The scene cases as a dataset folder (imagesTr/ + labelsTr/, values 1..3 in segment order)."""
-        for sub in ("imagesTr", "labelsTr"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        segmentations = slicer.modules.segmentations.logic()
-        for volume, segmentation in cases:
-            name = volume.GetName()
-            slicer.util.saveNode(volume, str(folder / "imagesTr" / f"{name}.nii.gz"))
-            labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-            segmentations.ExportAllSegmentsToLabelmapNode(
-                segmentation, labels, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
-            )
-            slicer.util.saveNode(labels, str(folder / "labelsTr" / f"{name}.nii.gz"))
-            slicer.mrmlScene.RemoveNode(labels)
-        names = {"1": "Liver", "2": "Spleen", "3": "Kidney L"}
-        (folder / "dataset.json").write_text(json.dumps({"labels": names}))
-        return folder
-
     def test_panelRoundTrip(self) -> None:
-        """Scene cases -> export -> tiny finetune through the job API, driven by the panel -> results -> review."""
+        """Scene cases -> export (scene logic) -> tiny finetune through the job API -> import -> tables."""
         import tempfile
 
         python = os.environ.get("VISTAFINETUNE_JOB_PYTHON")
         bundle = os.environ.get("VISTAFINETUNE_TINY_BUNDLE")
         if not (python and bundle):
-            self.delayDisplay(
-                "Skipped: set VISTAFINETUNE_JOB_PYTHON and VISTAFINETUNE_TINY_BUNDLE to run the round trip"
-            )
+            self.delayDisplay("Skipped: set VISTAFINETUNE_JOB_PYTHON and VISTAFINETUNE_TINY_BUNDLE for the round trip")
             return
         folder = Path(tempfile.mkdtemp(prefix="VistaFinetuneTest-"))
         self.delayDisplay("Building synthetic CT volumes and segmentations in the scene")
         cases = self.makeSceneCases(folder)
         self.assertEqual(len(cases), 4)
-        dataset = self.exportCases(cases, folder / "dataset")
 
         slicer.util.selectModule("VistaFinetune")
         widget = slicer.modules.VistaFinetuneWidget
@@ -828,30 +900,38 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
         ui.jobPythonPathLineEdit.currentPath = python
         ui.bundlePathLineEdit.currentPath = bundle
         ui.runsFolderPathLineEdit.currentPath = str(folder / "runs")
-        ui.datasetPathLineEdit.currentPath = str(dataset)
-
-        self.delayDisplay("Reading the exported cases")
-        ui.readCasesButton.click()
-        self.assertTrue(self.waitFor(lambda: ui.casesTableWidget.rowCount == 4, 120))
+        for volume, segmentation in cases:
+            ui.sceneVolumeSelector.setCurrentNode(volume)
+            ui.sceneSegmentationSelector.setCurrentNode(segmentation)
+            ui.addSceneCaseButton.click()
+        self.assertEqual(ui.casesTableWidget.rowCount, 4)
+        self.assertEqual([row.validation for row in widget.caseRows], [True, False, False, False])
         self.assertEqual([row.class_id for row in widget.mappingRows], [1, 3, 14])
 
-        self.delayDisplay("Finetuning the tiny bundle in the background (1 epoch)")
+        self.delayDisplay("Exporting and finetuning the tiny bundle in the background (1 epoch)")
         ui.epochsSpinBox.value = 1
         ui.startButton.click()
         self.assertTrue(widget.following)
+        exported = widget.controller.run_dir.parent / f"{widget.controller.run_dir.name}.inputs" / "dataset"
+        self.assertTrue((exported / "datalist.json").is_file())
         self.assertTrue(self.waitFor(lambda: not widget.following, self.JOB_TIMEOUT_S), ui.logTextEdit.plainText)
         self.assertEqual(ui.progressLabel.text, "Finished: see Results.")
         self.assertEqual(ui.progressBar.value, 100)
 
-        self.delayDisplay("Results and review")
+        self.delayDisplay("Results, and the review side by side")
         self.assertEqual(ui.resultsTableWidget.rowCount, 3)
         self.assertEqual(ui.resultsTableWidget.item(2, 0).text(), "14: left kidney")
         self.assertTrue(ui.verdictLabel.text)
         ui.openReviewButton.click()
         self.assertEqual(ui.reviewCaseComboBox.count, 1)
         ui.loadReviewButton.click()
+        self.assertTrue(
+            ui.reviewStatusLabel.text.startswith(ui.reviewCaseComboBox.currentText), ui.reviewStatusLabel.text
+        )
         self.assertEqual(ui.reviewTableWidget.rowCount, 3)
-        ui.reviewTableWidget.setCurrentCell(2, 0)
+        self.assertEqual(len(widget.reviewScene["predictions"]), 2)
         widget.onReviewRowClicked(2, 0)
-        self.assertIn("left kidney", ui.reviewStatusLabel.text)
+        self.assertTrue(
+            ui.reviewStatusLabel.text.startswith("Views centred on 14: left kidney"), ui.reviewStatusLabel.text
+        )
         self.delayDisplay("Test passed")

@@ -240,6 +240,19 @@ class PanelController:
         control.start_job(run_dir, command, python=self.job_python)
         return self.attach(run_dir)
 
+    def start_exported(
+        self,
+        run_dir: Path,
+        datalist: Path,
+        mapping: list[list[int]],
+        settings: TrainingSettings,
+        bundle_dir: Path | None,
+    ) -> ProgressView:
+        """Start a finetune on a training set already written (the scene's cases, exported beside ``run_dir``)."""
+        control.start_job(run_dir, finetune_command(datalist, run_dir, mapping, settings, bundle_dir),
+                          python=self.job_python)  # fmt: skip
+        return self.attach(run_dir)
+
     def attach(self, run_dir: Path) -> ProgressView:
         """Follow the run in ``run_dir`` (running or finished), e.g. after Slicer restarted."""
         self.run_dir = Path(run_dir).absolute()

@@ -51,6 +51,8 @@ class RunResults:
     mean_finetuned: float | None
     validation_cases: list[str]
     report_html: Path | None
+    bundle_dir: Path | None = None
+    case_images: dict[str, Path] = field(default_factory=dict)  # validation case -> its CT
     per_case: dict[str, list[ClassDice]] = field(default_factory=dict)
 
     @property
@@ -78,13 +80,17 @@ def _dice_rows(pre: dict, ft: dict, class_ids: list[int], names: dict[int, str])
     ]
 
 
-def validation_case_names(result: dict) -> list[str]:
-    """The run's validation cases (fold 0 of its datalist), by name."""
+def validation_cases(result: dict) -> dict[str, Path]:
+    """The run's validation cases (fold 0 of its datalist): name -> image."""
     try:
         items = json.loads(Path(result["input"]["datalist"]).read_text(encoding="utf-8"))["training"]
     except (OSError, KeyError, ValueError):
-        return []
-    return [nifti_name(Path(item["label"])) or Path(item["label"]).name for item in items if item.get("fold") == 0]
+        return {}
+    return {
+        nifti_name(Path(item["label"])) or Path(item["label"]).name: Path(item["image"])
+        for item in items
+        if item.get("fold") == 0
+    }
 
 
 def read_results(run_dir: Path) -> RunResults:
@@ -120,10 +126,18 @@ def read_results(run_dir: Path) -> RunResults:
         per_class=_dice_rows(pre.get("per_class", {}), ft.get("per_class", {}), class_ids, names),
         mean_pretrained=out.get("formal_pretrained_val_dice"),
         mean_finetuned=out.get("formal_finetuned_val_dice"),
-        validation_cases=validation_case_names(result),
+        validation_cases=list(validation_cases(result)),
         report_html=Path(report) if report and Path(report).is_file() else None,
+        bundle_dir=Path(result["model_repo"]) if result.get("model_repo") else None,
+        case_images=validation_cases(result),
         per_case=per_case,
     )
+
+
+def ground_truth_file(run_dir: Path, case: str) -> Path | None:
+    """The case's ground truth in VISTA3D class ids, written by the run's review (None before it ran)."""
+    path = Path(run_dir) / "review" / "ground_truth" / f"{case}.nii.gz"
+    return path if path.is_file() else None
 
 
 def prediction_files(run_dir: Path, case: str) -> dict[str, Path]:

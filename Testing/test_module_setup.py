@@ -1,0 +1,83 @@
+"""The Setup section's slots under SlicerAppStandIn: they ask before installing or downloading, say what and where,
+and do nothing when the user declines; re-attaching with no runs names the folder. (Installing and downloading
+themselves need the network; the job API that runs them is tested in test_jobs.py.)"""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from slicer_app_standin import SlicerAppStandIn
+
+pytestmark = pytest.mark.unit
+
+MODULE_SCRIPT = Path(__file__).resolve().parents[1] / "VistaFinetune" / "VistaFinetune.py"
+
+
+@pytest.fixture
+def panel(tmp_path):
+    saved = os.environ.get("VISTAFINETUNE_HOME")
+    os.environ["VISTAFINETUNE_HOME"] = str(tmp_path / "home")
+    standIn = SlicerAppStandIn().install()
+    spec = importlib.util.spec_from_file_location("VistaFinetune", MODULE_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["VistaFinetune"] = module
+    try:
+        spec.loader.exec_module(module)
+        widget = module.VistaFinetuneWidget()
+        widget.setup()
+        yield standIn, widget, tmp_path / "home"
+    finally:
+        standIn.uninstall()
+        sys.modules.pop("VistaFinetune", None)
+        if saved is None:
+            os.environ.pop("VISTAFINETUNE_HOME", None)
+        else:
+            os.environ["VISTAFINETUNE_HOME"] = saved
+
+
+def test_defaults_come_from_the_users_folder(panel):
+    standIn, widget, home = panel
+    assert widget._parameterNode.runsFolder == str(home / "runs")
+    assert widget.ui.runsFolderPathLineEdit.currentPath == str(home / "runs")
+    assert widget.controller.runs_root == home / "runs"
+    assert not widget.ui.startButton.isEnabled() and not widget.ui.cancelButton.isEnabled()
+
+
+def test_the_managed_environment_is_described_and_confirmed_first(panel):
+    standIn, widget, home = panel
+    standIn.answer = False
+    widget.ui.cudaComboBox.setCurrentIndex(widget.ui.cudaComboBox.findText("cpu"))
+    widget.ui.createEnvironmentButton.click()
+    question = standIn.questions[-1]
+    target = home / "job-environment"
+    assert str(target) in question and "Slicer's own Python is not changed" in question
+    assert f"-m venv {target}" in question and "download.pytorch.org/whl/cpu" in question
+    assert not target.exists() and widget.setupJobDir is None  # declined: nothing created, no job
+
+
+def test_a_bundle_download_names_its_size_and_place_first(panel):
+    standIn, widget, home = panel
+    standIn.answer = False
+    widget.ui.bundleNameComboBox.setCurrentIndex(widget.ui.bundleNameComboBox.findText("nv-segment-ct"))
+    widget.ui.downloadBundleButton.click()
+    target = home / "runs" / "bundles" / "nv-segment-ct"
+    assert standIn.questions[-1] == f"Download the nv-segment-ct bundle (about 872 MB of weights) into {target}?"
+    assert not (home / "runs").exists() and widget.setupJobDir is None
+
+
+def test_reattach_without_runs_names_the_folder(panel):
+    standIn, widget, home = panel
+    widget.ui.reattachButton.click()
+    assert standIn.errors == [f"{home / 'runs'}: no run folders to re-attach to"]
+    assert widget.ui.statusLabel.text == standIn.errors[0]
+
+
+def test_unreadable_training_data_shows_the_engine_message(panel, tmp_path):
+    standIn, widget, home = panel
+    widget.ui.datasetPathLineEdit.currentPath = str(tmp_path / "missing")
+    widget.ui.readCasesButton.click()
+    message = f"{tmp_path / 'missing'}: the dataset folder does not exist"
+    assert standIn.processEventsUntil(lambda: standIn.errors == [message], 30), standIn.errors
+    assert widget.ui.casesStatusLabel.text == message and widget.caseRows == []
