@@ -69,7 +69,7 @@ def test_options_panel_lists_models_and_classes_with_the_users_names(editor, tmp
     assert effect.scriptedEffect.name == "VISTA3D"
     titles = [effect.modelSelector.itemText(i) for i in range(effect.modelSelector.count)]
     assert titles[0].startswith("Pretrained") and len(titles) == 2
-    assert "kidney-run" in titles[1] and "My left kidney" in titles[1] and "formal Dice" in titles[1]
+    assert "kidney-run" in titles[1] and "liver, spleen, My left kidney" in titles[1] and "formal Dice" in titles[1]
     effect.modelSelector.setCurrentIndex(1)
     # The run's classes come first under the user's names, tagged "finetuned" when the run's checkpoint is used.
     improved = json.loads((runs / "kidney-run" / "output.json").read_text())["output"]["recommended"] == "finetuned"

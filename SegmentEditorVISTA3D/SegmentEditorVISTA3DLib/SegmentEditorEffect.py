@@ -168,13 +168,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         moduleLogic = VistaFinetune.VistaFinetuneLogic()
         parameterNode = moduleLogic.getParameterNode()
         moduleLogic.setDefaultParameters(parameterNode)
-        return parameterNode.jobPython, parameterNode.bundleDir, parameterNode.runsFolder
+        bundleDir = str(moduleLogic.bundleDir(parameterNode))  # none chosen: the shipped tiny reference bundle
+        return parameterNode.jobPython, bundleDir, parameterNode.runsFolder
 
     def refreshModels(self):
         python, bundleDir, runsFolder = self.moduleSettings()
-        if not bundleDir:
-            self.showStatus(_("Choose a VISTA3D bundle in the VistaFinetune module (Setup) first."))
-            return
         try:
             self.catalog = LabelCatalog.from_bundle(Path(bundleDir))
             runs = finished_run_choices(Path(runsFolder)) if Path(runsFolder).is_dir() else []

@@ -40,7 +40,7 @@ def model_classes(catalog: LabelCatalog, choice: ModelChoice) -> list[ModelClass
     for class_id in sorted(named):
         name = named[class_id]
         if name == f"class {class_id}" and class_id in catalog.classes:
-            name = catalog.classes[class_id].name
+            name = catalog.classes[class_id].name  # a run whose bundle folder is gone
         classes.append(ModelClass(class_id, name, not choice.is_pretrained, False))
     for entry in catalog.classes.values():
         if entry.id not in named and not entry.deprecated:

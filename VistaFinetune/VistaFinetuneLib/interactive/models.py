@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.jobs.control import list_runs
 from VistaFinetuneLib.run_files import read_json
 
@@ -38,11 +40,21 @@ def pretrained_choice(bundle_name: str) -> ModelChoice:
     return ModelChoice(PRETRAINED, f"Pretrained ({bundle_name})")
 
 
+def bundle_names(output: dict) -> dict[int, str]:
+    """The class names of the bundle a run used (none when its folder is gone or unreadable)."""
+    try:
+        catalog = LabelCatalog.from_bundle(Path(output.get("model_repo") or ""))
+    except UserError:
+        return {}
+    return {class_id: entry.name for class_id, entry in catalog.classes.items()}
+
+
 def run_class_names(run_dir: Path, output: dict) -> dict[int, str]:
     """Mapped class id -> name: the user's names when the run recorded them (``class_names`` in run.json or
-    output.json's input), else ``class <id>`` (the caller adds the bundle's names)."""
+    output.json's input), else the bundle's name, else ``class <id>``."""
     mapping = (output.get("input") or {}).get("label_mappings", {}).get("default") or []
-    names: dict[int, str] = {int(target): f"class {int(target)}" for _, target in mapping}
+    known = bundle_names(output)
+    names: dict[int, str] = {int(t): known.get(int(t), f"class {int(t)}") for _, t in mapping}
     recorded = {}
     try:
         recorded = read_json(run_dir / "run.json").get("class_names") or {}
