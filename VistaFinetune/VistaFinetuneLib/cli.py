@@ -170,24 +170,31 @@ def print_summary(result: dict) -> None:
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
-    """List or search the bundle's classes; suggest ids for free-text names."""
+    """List or search the bundle's classes; resolve free-text names to ids; list the free ids."""
+    from VistaFinetuneLib.bundle.labels import ResolveError
+
     bundle = Path(args.bundle_dir) if args.bundle_dir else tiny_bundle.TEMPLATE_DIR
     catalog = LabelCatalog.from_bundle(bundle)
     if args.free:
-        free = catalog.free_ids()
-        runs: list[list[int]] = []
-        for class_id in free:
-            if runs and class_id == runs[-1][-1] + 1:
-                runs[-1].append(class_id)
-            else:
-                runs.append([class_id])
-        ranges = ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) or "none"
-        print(f"{len(free)} ids the table leaves free for new structures: {ranges}")
+        print(f"{len(catalog.free_ids())} ids the table leaves free for new structures: {catalog.free_ids_text()}")
         return 0
     if args.resolve:
+        results = []
         for text in args.resolve:
-            class_id = catalog.resolve(text)
-            print(f"{text!r} -> {class_id}: {catalog.name(class_id)}")
+            try:
+                results.append(catalog.resolve_name(text).to_json())
+            except ResolveError as error:
+                if not args.json:
+                    raise
+                results.append(error.to_json())
+        if args.json:
+            table = {"bundle": str(bundle), "variant": catalog.variant, "table": catalog.source}
+            print(json.dumps(table | {"results": results}, indent=2))
+            return 0 if all(r["id"] is not None for r in results) else 1
+        for result in results:
+            print(f"{result['text']!r} -> {result['id']}: {result['name']}")
+            if result["note"]:
+                print(f"  note: {result['note']}")
         return 0
     query = " ".join(args.query)
     found = catalog.search(query)
@@ -415,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--resolve", action="append", help="resolve a free-text name to one id (repeatable)")
     labels.add_argument("--free", action="store_true", help="the ids a brand-new structure can map to")
     labels.add_argument("--bundle-dir", help="bundle folder (default: the tiny reference bundle's CT table)")
+    labels.add_argument("--json", action="store_true", help="with --resolve: results as JSON (exit 1 if any fail)")
     labels.set_defaults(handler=cmd_labels)
 
     review = commands.add_parser("review", help="per-case/per-class metrics, pictures and an HTML report")
