@@ -134,6 +134,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         skip_review=args.skip_review,
         prepare_only=args.prepare_only,
         argv=sys.argv[1:],
+        unmapped=args.unmapped,
+        classes=args.classes,
     )
     result = run_with_progress(request)
     if result["status"] == "prepared":
@@ -157,6 +159,12 @@ def print_summary(result: dict) -> None:
         print(f"error: {result['error']}")
     mapping = ", ".join(f"{a}->{b}" for a, b in result["input"]["label_mappings"]["default"])
     print(f"label mapping (label value -> VISTA3D id): {mapping}")
+    dropped = result["input"].get("label_mapping_resolution", {}).get("unmapped")
+    if dropped and dropped["values_set_to_background"]:
+        print(
+            f"set to background: label value(s) {dropped['values_set_to_background']} in "
+            f"{dropped['relabelled_cases']} case(s), staged copies in {dropped['staged_labels_dir']}"
+        )
     print(f"training-time validation Dice per epoch: {', '.join(score(v) for v in out['val_dice_per_epoch'])}")
     if out["formal_eval_enabled"]:
         print(
@@ -403,6 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--datalist", help="datalist JSON: training items with image, label and fold")
     finetune.add_argument("--target-anatomy", help="VISTA3D class for the single label value, by name")
     finetune.add_argument("--label-mapping", help="JSON pairs [[label value, VISTA3D id], ...]")
+    finetune.add_argument(
+        "--classes", help="dataset.json label names to finetune, e.g. liver,spleen (mapped by name to VISTA3D ids)"
+    )
+    finetune.add_argument(
+        "--unmapped",
+        choices=["refuse", "background"],
+        default="refuse",
+        help="label values the mapping leaves out: refuse (default), or set them to 0 in copies in the run folder",
+    )
     finetune.add_argument("--patch-size", type=parse_patch, help="training patch, e.g. '[128,128,128]'")
     finetune.add_argument("--epochs", type=int)
     finetune.add_argument("--learning-rate", type=float)

@@ -27,7 +27,7 @@ from VistaFinetuneLib.bundle.labels import LabelCatalog
 from VistaFinetuneLib.bundle.log import TrainingTrace
 from VistaFinetuneLib.bundle.runner import BundleRun, run_bundle
 from VistaFinetuneLib.bundle.source import sha256_file
-from VistaFinetuneLib.data import dataset, synthetic
+from VistaFinetuneLib.data import dataset, label_names, relabel, synthetic
 from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_mapping
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.finetune import checkpoints, staging
@@ -84,6 +84,8 @@ class FinetuneRequest:
     resume: bool = False
     prepare_only: bool = False
     argv: list[str] = field(default_factory=list)
+    unmapped: str = "refuse"  # or "background": unmapped label values become 0 in staged copies
+    classes: str | None = None  # comma-separated dataset.json label names to finetune
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -173,13 +175,21 @@ def load_cases(request: FinetuneRequest, run_dir: Path) -> tuple[list[dataset.Ca
 def resolve_mapping(
     request: FinetuneRequest, catalog: LabelCatalog | None, label_values: list[int]
 ) -> tuple[list[list[int]], dict]:
-    """The label mapping from the flags, the preset, or (smoke on the synthetic fixture) its known classes."""
+    """The label mapping from the flags, dataset.json's label names, the preset, or (smoke on the synthetic
+    fixture) its known classes."""
+    if request.classes is not None and (request.label_mapping is not None or request.target_anatomy is not None):
+        raise UserError("--classes picks among dataset.json's label names; give it or --label-mapping/--target-anatomy")
     if request.label_mapping is not None:
         return parse_mapping(request.label_mapping), {"source": "--label-mapping"}
     if request.target_anatomy is not None:
         if catalog is None:
             raise UserError("--target-anatomy needs the bundle's label table, which was not found")
         return mapping_for_anatomy(request.target_anatomy, catalog, label_values)
+    named = label_names.find_label_names(request.dataset_dir, request.datalist)
+    if named is not None and catalog is not None:
+        return label_names.mapping_from_names(*named, catalog, label_values, request.classes)
+    if request.classes is not None:
+        raise UserError("--classes: no MSD-style dataset.json with label names in the dataset folder or datalist")
     if request.sanity:
         return SANITY_MAPPING, {"source": "--sanity preset (MSD Task06 lung tumour)"}
     if request.smoke and request.dataset_dir is None and request.datalist is None:
@@ -353,7 +363,10 @@ def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
     cases, datalist, source = load_cases(request, run_dir)
     audit = dataset.audit_cases(cases)
     mapping, resolution = resolve_mapping(request, catalog, audit.label_values)
-    warnings = check_mapping(mapping, audit.label_values, catalog)
+    warnings = check_mapping(mapping, audit.label_values, catalog, request.unmapped)
+    if request.unmapped == "background":  # relabelled copies in the run folder; the user's labels stay as they are
+        labels_dir = run_dir / "dataset" / "labels"
+        cases, resolution["unmapped"] = relabel.stage_background(cases, audit, [a for a, _ in mapping], labels_dir)
     datalist.parent.mkdir(parents=True, exist_ok=True)
     dataset.write_datalist(cases, datalist)
     train_cases = [c for c in cases if c.fold != 0]
@@ -425,10 +438,12 @@ def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
         "config_overrides": [str(p) for p in user],
         "label_mapping": json.dumps(mapping),
         "target_anatomy": None,
+        "classes": None,
         "resume": False,
         "prepare_only": False,
     }
     previous = read_json(run_dir / "run.json") if request.resume else {}
+    resolution = previous.get("label_mapping_resolution", resolution)  # what was dropped is known at the start
     write_json_atomic(
         run_dir / "run.json",
         {
@@ -436,6 +451,7 @@ def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
             "request_resolved": previous.get("request_resolved", resolved),
             "bundle": bundle,
             "label_mappings": {"default": mapping},
+            "label_mapping_resolution": resolution,
             "plan": plan.to_json(),
             "config_stacks": {k: [str(p) for p in v] for k, v in stacks.items()},
         },
