@@ -28,13 +28,16 @@ def parse_mapping(text: str) -> list[list[int]]:
 
 def mapping_for_anatomy(text: str, catalog: LabelCatalog, label_values: list[int]) -> tuple[list[list[int]], dict]:
     """``--target-anatomy``: one foreground value in the labels, mapped to the class the name resolves to."""
-    class_id = catalog.resolve(text)
+    resolved = catalog.resolve_name(text)
+    class_id = resolved.id
     if len(label_values) != 1:
         raise UserError(
             f"--target-anatomy {text!r}: the labels hold {len(label_values)} foreground values {label_values}; "
             f"say which one is {catalog.name(class_id)!r} with --label-mapping '[[value, {class_id}]]'"
         )
-    resolution = {"text": text, "class_id": class_id, "class_name": catalog.name(class_id), "source": catalog.source}
+    resolution = {"text": text, "class_id": class_id, "class_name": resolved.name, "source": catalog.source}
+    if resolved.note:
+        resolution["note"] = resolved.note
     return [[label_values[0], class_id]], resolution
 
 
