@@ -3,6 +3,7 @@ suggest the mapping, ``--classes`` picks which to finetune."""
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -73,6 +74,14 @@ def test_cases_with_only_mapped_values_keep_their_own_file(multi_organ, tmp_path
     staged, record = stage_background(cases, dataset.audit_cases(cases), [1, 2, 3, 7, 41], tmp_path / "labels")
     assert staged == cases and record["relabelled_cases"] == 0 and record["staged_labels_dir"] is None
     assert not (tmp_path / "labels").exists()
+
+
+def test_cases_sharing_a_name_cannot_be_staged(multi_organ, tmp_path):
+    cases = dataset.find_cases(multi_organ)
+    audit = dataset.audit_cases(cases)
+    twins = [cases[0], replace(cases[1], name=cases[0].name)]
+    with pytest.raises(UserError, match="several cases are named 'case_a'"):
+        stage_background(twins, audit, [1], tmp_path / "labels")
 
 
 def test_unmapped_values_are_refused_by_default_and_named(multi_organ):

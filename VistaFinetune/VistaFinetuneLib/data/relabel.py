@@ -37,6 +37,13 @@ def stage_background(
     """Cases whose labels hold only mapped values (relabelled copies where needed), and a record of what was
     dropped: the values, their voxels per case, and where the copies are."""
     keep = set(mapped_values)
+    names = [case.name for case in cases]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UserError(
+            f"--unmapped background: several cases are named {twice[0]!r}; the staged copies are named after their "
+            "case, so give each image its own file name"
+        )
     voxels = {a.name: a.label_voxels for a in audit.cases}
     staged: list[Case] = []
     dropped_voxels: dict[str, dict[str, int]] = {}
