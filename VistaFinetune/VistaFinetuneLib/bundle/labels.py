@@ -43,7 +43,7 @@ _WORD_SYNONYMS: dict[str, tuple[str, ...]] = {
     "clavicle": ("clavicula",),
     "vena": ("vein",),
 }
-_IRREGULAR_PLURALS = {"vertebrae": "vertebra", "vertebrae's": "vertebra", "testes": "testis"}
+_IRREGULAR_PLURALS = {"vertebrae": "vertebra", "testes": "testis"}
 _PHRASE_SYNONYMS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("urinary", "bladder"): ("bladder",),
     ("gall", "bladder"): ("gallbladder",),
@@ -282,7 +282,7 @@ class LabelCatalog:
     def suggest(self, text: str, limit: int = 5) -> list[tuple[LabelClass, float]]:
         """The supported classes most like ``text``, best first, each with a score in [0, 1]."""
         query = normalise(text)
-        if text.strip().isdigit() and int(text) in self.classes:
+        if text.strip().isdigit() and int(text) in self.classes and not self.classes[int(text)].deprecated:
             return [(self.classes[int(text)], 1.0)][:limit]
         scored = [
             (c, round(_similarity(query, normalise(c.name)), 4)) for c in self.classes.values() if not c.deprecated
