@@ -153,7 +153,7 @@ def test_finetune_stages_relabelled_copies_and_records_what_was_dropped(multi_or
         prepare(multi_organ, staged_bundle, run_dir, "--classes", "liver,kidney_left", "--unmapped", "background") == 0
     )
     run = json.loads((run_dir / "run.json").read_text())
-    assert run["label_mappings"] == {"default": [[1, 1], [3, 14]]}
+    assert run["label_mappings"] == {"default": [[1, 1], [3, 14]]} and run["bundle"]["variant"] == "tiny"
     datalist = json.loads((run_dir / "dataset" / "datalist.json").read_text())["training"]
     assert {Path(item["label"]).parent for item in datalist} == {run_dir / "dataset" / "labels"}
     for item in datalist:
@@ -187,3 +187,19 @@ def test_verify_accepts_values_recorded_as_set_to_background_and_only_those(tmp_
         "label value 7 occurs in the data but is not in input.label_mappings.default"
     ]
     assert not labels_tier({"source": "--label-mapping"}).ok
+
+
+def test_flags_and_the_sanity_preset_win_over_dataset_json_names(tmp_path):
+    from VistaFinetuneLib.finetune.pipeline import SANITY_MAPPING, FinetuneRequest, resolve_mapping
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "cancer"}}))  # MSD Task06
+
+    def request(**flags):
+        return FinetuneRequest(output_dir=tmp_path / "run", dataset_dir=tmp_path, **flags)
+
+    assert resolve_mapping(request(sanity=True), CATALOG, [1])[0] == SANITY_MAPPING
+    assert resolve_mapping(request(label_mapping="[[1, 23]]"), CATALOG, [1])[0] == [[1, 23]]
+    with pytest.raises(UserError, match=r"1 'cancer': unknown class .*27: colon cancer primaries.*--label-mapping"):
+        resolve_mapping(request(), CATALOG, [1])
+    with pytest.raises(UserError, match="--classes picks among dataset.json's label names"):
+        resolve_mapping(request(classes="cancer", label_mapping="[[1, 23]]"), CATALOG, [1])

@@ -27,6 +27,7 @@ from VistaFinetuneLib.bundle.labels import LabelCatalog
 from VistaFinetuneLib.bundle.log import TrainingTrace
 from VistaFinetuneLib.bundle.runner import BundleRun, run_bundle
 from VistaFinetuneLib.bundle.source import sha256_file
+from VistaFinetuneLib.bundle.variant import identify_variant
 from VistaFinetuneLib.data import dataset, label_names, relabel, synthetic
 from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_mapping
 from VistaFinetuneLib.errors import UserError
@@ -128,6 +129,7 @@ def check_bundle(bundle_dir: Path, formal: bool) -> dict:
         "path": str(bundle_dir),
         "name": str(meta.get("name") or bundle_dir.name),
         "version": None if meta.get("version") is None else str(meta["version"]),
+        "variant": identify_variant(bundle_dir).key,  # which model's label table the names resolve against
         "configs_sha256": configs.hexdigest(),
         "weights_sha256": sha256_file(weights),
     }
@@ -185,13 +187,13 @@ def resolve_mapping(
         if catalog is None:
             raise UserError("--target-anatomy needs the bundle's label table, which was not found")
         return mapping_for_anatomy(request.target_anatomy, catalog, label_values)
+    if request.sanity and request.classes is None:
+        return SANITY_MAPPING, {"source": "--sanity preset (MSD Task06 lung tumour)"}
     named = label_names.find_label_names(request.dataset_dir, request.datalist)
     if named is not None and catalog is not None:
         return label_names.mapping_from_names(*named, catalog, label_values, request.classes)
     if request.classes is not None:
         raise UserError("--classes: no MSD-style dataset.json with label names in the dataset folder or datalist")
-    if request.sanity:
-        return SANITY_MAPPING, {"source": "--sanity preset (MSD Task06 lung tumour)"}
     if request.smoke and request.dataset_dir is None and request.datalist is None:
         return SMOKE_MAPPING, {"source": "--smoke preset (synthetic liver, spleen, left kidney)"}
     raise UserError(
