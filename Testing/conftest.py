@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny reference bundle (built once, cached) and synthetic datasets."""
+"""Shared fixtures: the tiny reference bundle (shipped, weights checked) and synthetic datasets."""
 
 import hashlib
 import json
@@ -22,7 +22,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_bundle_dir() -> Path:
-    """The built tiny bundle (pretrained on liver only); built on first use, then reused from the cache."""
+    """The shipped tiny bundle (pretrained on the liver only), after its weights' checksum is checked."""
     return tiny_bundle.ensure_tiny_bundle()
 
 

@@ -15,9 +15,8 @@ from VistaFinetuneLib.data.dataset import Case
 from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_mapping
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.finetune import staging
-from VistaFinetuneLib.finetune.checkpoints import Comparison, compare_checkpoints
+from VistaFinetuneLib.finetune.checkpoints import compare_checkpoints
 from VistaFinetuneLib.finetune.formal_dice import formal_dice
-from VistaFinetuneLib.finetune.pipeline import decide
 from VistaFinetuneLib.finetune.plan import make_plan, patch_for_memory
 from VistaFinetuneLib.progress import ProgressBar
 from VistaFinetuneLib.schema import schema_errors
@@ -25,24 +24,6 @@ from VistaFinetuneLib.schema import schema_errors
 pytestmark = pytest.mark.unit
 
 CATALOG = LabelCatalog.from_bundle(TEMPLATE_DIR)
-CHANGED = Comparison(identical=False, same_keys=True, tensors_compared=10, tensors_changed=10, max_abs_difference=0.1)
-SAME = Comparison(identical=True, same_keys=True, tensors_compared=10, tensors_changed=0, max_abs_difference=0.0)
-
-
-# --- the verdict -------------------------------------------------------------------------------------------------
-
-
-def test_identical_checkpoint_is_never_recommended_even_with_better_scores():
-    choice, why = decide(SAME, formal_pre=0.5, formal_ft=0.9, start=0.5, best=0.9)
-    assert choice == "pretrained" and "epoch-0 trap" in why[0]
-
-
-def test_formal_dice_decides_when_present_and_training_dice_otherwise():
-    assert decide(CHANGED, 0.60, 0.65, start=0.9, best=0.8)[0] == "finetuned"
-    assert decide(CHANGED, 0.60, 0.60, start=0.1, best=0.9)[0] == "pretrained"  # equal formal Dice is no gain
-    assert decide(CHANGED, None, None, start=0.60, best=0.61)[0] == "finetuned"
-    assert decide(CHANGED, None, None, start=0.60, best=0.60)[0] == "pretrained"
-    assert decide(None, None, None, None, None)[0] == "pretrained"
 
 
 # --- label mapping -----------------------------------------------------------------------------------------------
@@ -192,6 +173,7 @@ def test_formal_dice_counts_every_mapped_class(tmp_path):
     assert result.per_class[14] == pytest.approx(2 * 299 / 599)
     assert result.mean == pytest.approx((2 * 400 / 900 + 2 * 299 / 599) / 2)
     assert result.bundle_val_mean_dice == 0.8888
+    assert result.confusion["3"] == {"3": 0.8, "14": 0.0, "0": 0.2}  # 100 liver voxels were left as background
     assert json.loads(json.dumps(result.to_json()))["per_class"]["14"] == result.per_class[14]
 
 

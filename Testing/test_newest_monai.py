@@ -4,13 +4,12 @@ skipped in an environment with MONAI < 1.5 (the reference stack)."""
 
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from VistaFinetuneLib.bundle import tiny_bundle
 from VistaFinetuneLib.bundle.compat import FLOAT_TARGET_LOSS, installed_monai, monai_version_tuple
 
 pytestmark = pytest.mark.newest_monai
@@ -18,8 +17,6 @@ pytestmark = pytest.mark.newest_monai
 MONAI = installed_monai()
 if MONAI is None or monai_version_tuple(MONAI) < (1, 5):
     pytest.skip(f"needs monai >= 1.5 (installed: {MONAI}); run `make test-newest-monai`", allow_module_level=True)
-
-TINY_BUNDLE_VARIABLE = "VISTAFINETUNE_TINY_BUNDLE"
 
 
 def bundle_loss():
@@ -55,11 +52,7 @@ def test_environment_report_names_the_override():
 
 
 def test_tiny_finetune_completes_with_the_override(tmp_path):
-    bundle = os.environ.get(TINY_BUNDLE_VARIABLE)
-    if not bundle:
-        pytest.skip(f"set {TINY_BUNDLE_VARIABLE} to the tiny bundle built in .venv (`make test-newest-monai` does)")
-    if not (Path(bundle) / "models" / "model.pt").is_file():
-        pytest.skip(f"{TINY_BUNDLE_VARIABLE}={bundle}: not a built tiny bundle (no models/model.pt)")
+    bundle = str(tiny_bundle.ensure_tiny_bundle())  # the shipped weights, the same in both environments
     run_dir = tmp_path / "run"
     command = [
         sys.executable, "-m", "VistaFinetuneLib", "finetune", "--smoke", "--skip-formal-eval", "--skip-review",

@@ -171,6 +171,32 @@ def test_montage_shows_false_positives_exactly_where_the_prediction_has_them(liv
     assert titles[2].startswith("finetuned") and "Dice 0." in titles[2]
 
 
+def test_montage_marks_truth_voxels_given_to_another_class_in_that_class_colour(liver_case, tmp_path):
+    image, truth, affine = liver_case
+    liver = truth == LIVER
+    as_kidney = np.where(liver, 14, 0).astype(np.uint8)  # the whole liver labelled left kidney
+    predictions = {"pretrained": as_kidney, "finetuned": np.where(liver, LIVER, 0).astype(np.uint8)}
+    args = (image, affine, truth, predictions, LIVER)
+    rgb = mpimg.imread(review_figures.case_montage(*args, tmp_path / "m.png", title="taken"))[..., :3]
+    figure = review_figures.montage_figure(*args, title="taken")
+    boxes = panel_boxes(figure)
+    colour = np.array(review_figures.taken_colour(14))
+
+    def marked(column: int) -> int:
+        count = 0
+        for (_, col), (top, bottom, left, right) in boxes.items():
+            if col == column:  # the overlay blends the class colour over grey at OVERLAY_ALPHA
+                panel = rgb[top:bottom, left:right]
+                chroma = panel - panel.mean(axis=-1, keepdims=True)
+                target = colour - colour.mean()
+                count += int((np.abs(chroma - review_figures.OVERLAY_ALPHA * target).max(axis=-1) < 0.06).sum())
+        return count
+
+    assert colour_counts(rgb, boxes, 1)[1] == 0  # not cyan: none of the liver was left as background
+    assert marked(1) > 100 and marked(2) == 0
+    assert any("labelled class 14" in text.get_text() for text in figure.legends[0].get_texts())
+
+
 def test_montage_ignores_false_positives_off_the_shown_slices(liver_case, tmp_path):
     image, truth, affine = liver_case
     liver = np.where(truth == LIVER, LIVER, 0).astype(np.uint8)

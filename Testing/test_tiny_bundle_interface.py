@@ -1,11 +1,15 @@
 """The tiny reference bundle exposes the upstream VISTA3D bundle's configuration interface."""
 
 import json
-from pathlib import Path
+import shutil
+from dataclasses import asdict
 
 import pytest
 
+from VistaFinetuneLib.bundle import tiny_bundle
+from VistaFinetuneLib.bundle.source import sha256_file
 from VistaFinetuneLib.bundle.tiny_bundle import TEMPLATE_DIR
+from VistaFinetuneLib.errors import UserError
 
 pytestmark = pytest.mark.unit
 
@@ -66,5 +70,51 @@ def test_metadata_channel_def_covers_the_132_ct_classes():
     assert channel_def["1"] == "liver" and channel_def["14"] == "left kidney" and channel_def["23"] == "lung tumor"
 
 
-def test_template_ships_no_weights():
-    assert not any(Path(p).suffix in {".pt", ".pth", ".ckpt"} for p in TEMPLATE_DIR.rglob("*"))
+def test_the_only_weights_shipped_are_the_tiny_models_own():
+    weights = [p.relative_to(TEMPLATE_DIR).as_posix() for p in TEMPLATE_DIR.rglob("*") if p.suffix in {".pt", ".pth"}]
+    assert weights == ["models/model.pt"]
+
+
+# --- the shipped weights -------------------------------------------------------------------------------------------
+
+
+def test_the_shipped_weights_were_built_from_todays_template_phantoms_and_recipe():
+    record = tiny_bundle.pretraining_record(TEMPLATE_DIR)
+    # Changing the configs, scripts, phantom generator or recipe needs new weights: `make tiny-weights`.
+    assert record["build_key"] == tiny_bundle.build_key()
+    assert record["recipe"] == asdict(tiny_bundle.RECIPE)
+    assert record["weights_sha256"] == sha256_file(TEMPLATE_DIR / "models" / "model.pt")
+    assert tiny_bundle.ensure_tiny_bundle() == TEMPLATE_DIR
+
+
+def test_the_shipped_weights_load_safely_into_the_bundles_network():
+    import torch
+    from monai.bundle import ConfigParser
+
+    state = torch.load(TEMPLATE_DIR / "models" / "model.pt", weights_only=True, map_location="cpu")
+    parser = ConfigParser()
+    parser.read_config(CONFIGS / "train.json")
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(state)  # strict: every key and shape fits
+    assert state.keys() == network.state_dict().keys()
+    assert sum(p.numel() for p in network.parameters()) == 272270
+
+
+def test_changed_or_missing_weights_are_a_clear_error(tmp_path):
+    copy = tmp_path / "TinyBundle"
+    shutil.copytree(TEMPLATE_DIR, copy)
+    weights = copy / "models" / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"model\.pt: SHA-256 .* differs from .* recorded in .*pretraining\.json"):
+        tiny_bundle.ensure_tiny_bundle(copy)
+    weights.unlink()
+    with pytest.raises(UserError, match=r"model\.pt: the tiny bundle's shipped file is missing"):
+        tiny_bundle.ensure_tiny_bundle(copy)
+
+
+def test_a_rebuild_starts_from_the_template_without_the_shipped_weights(tmp_path):
+    tiny_bundle.copy_template(tmp_path / "b")
+    assert (tmp_path / "b" / "configs" / "train.json").is_file()
+    assert not (tmp_path / "b" / "models").exists() and not (tmp_path / "b" / "docs").exists()

@@ -2,7 +2,6 @@
 suggest the mapping, ``--classes`` picks which to finetune."""
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,25 +131,16 @@ def prepare(dataset_dir: Path, bundle: Path, run_dir: Path, *flags: str) -> int:
                  "--output-dir", str(run_dir), *flags])  # fmt: skip
 
 
-@pytest.fixture
-def staged_bundle(tmp_path) -> Path:
-    """The tiny bundle's configs with a placeholder model.pt: --prepare-only stages a run and never reads weights."""
-    bundle = tmp_path / "bundle"
-    shutil.copytree(TEMPLATE_DIR, bundle)
-    (bundle / "models").mkdir()
-    (bundle / "models" / "model.pt").write_bytes(b"placeholder: --prepare-only never loads the weights")
-    return bundle
-
-
-def test_finetune_stages_relabelled_copies_and_records_what_was_dropped(multi_organ, staged_bundle, tmp_path, capsys):
+def test_finetune_stages_relabelled_copies_and_records_what_was_dropped(multi_organ, tiny_bundle_dir, tmp_path, capsys):
     (multi_organ / "dataset.json").write_text(json.dumps({"labels": {"0": "background", **VALUES}}))
-    before = tree_digest(multi_organ)
+    before, bundle_before = tree_digest(multi_organ), tree_digest(tiny_bundle_dir)
     refused = tmp_path / "refused"
-    assert prepare(multi_organ, staged_bundle, refused, "--classes", "liver,kidney_left") == 2
+    assert prepare(multi_organ, tiny_bundle_dir, refused, "--classes", "liver,kidney_left") == 2
     assert "--unmapped background" in capsys.readouterr().err and not refused.exists()
     run_dir = tmp_path / "run"
     assert (
-        prepare(multi_organ, staged_bundle, run_dir, "--classes", "liver,kidney_left", "--unmapped", "background") == 0
+        prepare(multi_organ, tiny_bundle_dir, run_dir, "--classes", "liver,kidney_left", "--unmapped", "background")
+        == 0
     )
     run = json.loads((run_dir / "run.json").read_text())
     assert run["label_mappings"] == {"default": [[1, 1], [3, 14]]} and run["bundle"]["variant"] == "tiny"
@@ -162,9 +152,7 @@ def test_finetune_stages_relabelled_copies_and_records_what_was_dropped(multi_or
     dropped = run["label_mapping_resolution"]["unmapped"]
     assert dropped["values_set_to_background"] == [2, 7, 41] and dropped["relabelled_cases"] == 3
     assert run["label_mapping_resolution"]["source"] == f"label names in {multi_organ / 'dataset.json'}"
-    assert tree_digest(multi_organ) == before and tree_digest(staged_bundle) == tree_digest(TEMPLATE_DIR) | {
-        "models/model.pt": tree_digest(staged_bundle)["models/model.pt"]
-    }
+    assert tree_digest(multi_organ) == before and tree_digest(tiny_bundle_dir) == bundle_before
 
 
 def test_verify_accepts_values_recorded_as_set_to_background_and_only_those(tmp_path):

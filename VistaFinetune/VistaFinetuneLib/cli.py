@@ -14,6 +14,8 @@ from VistaFinetuneLib.bundle.labels import LabelCatalog
 from VistaFinetuneLib.bundle.source import SOURCES as BUNDLE_SOURCES
 from VistaFinetuneLib.data import synthetic
 from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.finetune.verdict import MIN_IMPROVEMENT
+from VistaFinetuneLib.review.confusion import misplaced
 
 DEMO_CASES = 10
 DEMO_EPOCHS = 8
@@ -32,10 +34,21 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_bundle(args: argparse.Namespace) -> int:
-    """Build (or find in the cache) the tiny reference bundle and print its folder."""
-    root = Path(args.cache_dir) if args.cache_dir else None
-    bundle = tiny_bundle.ensure_tiny_bundle(root, log=lambda m: print(m, file=sys.stderr))
-    print(bundle)
+    """Print the shipped tiny bundle's folder (weights checked); ``--rebuild DIR`` pretrains it again there."""
+    if args.rebuild is None:
+        print(tiny_bundle.ensure_tiny_bundle())
+        return 0
+    dest = Path(args.rebuild).absolute()
+    if dest.exists():
+        raise UserError(f"{dest}: already exists; --rebuild needs a new folder")
+    record = tiny_bundle.build_tiny_bundle(dest, log=lambda m: print(m, file=sys.stderr))
+    print(f"rebuilt {dest / 'models' / 'model.pt'} in {record['seconds']} s")
+    print(f"best pretraining val_mean_dice {record['best_val_mean_dice']:.4f}")
+    shipped = tiny_bundle.TEMPLATE_DIR / "docs" / "pretraining.json"
+    if shipped.is_file():
+        expected = tiny_bundle.pretraining_record(tiny_bundle.TEMPLATE_DIR).get("weights_sha256")
+        same = "the same as" if record["weights_sha256"] == expected else "differs from"
+        print(f"SHA-256 {record['weights_sha256']} ({same} the shipped {expected})")
     return 0
 
 
@@ -58,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir}: the folder is not empty; choose a new folder for the demo (--output-dir)")
-    bundle = tiny_bundle.ensure_tiny_bundle(log=print)
+    bundle = tiny_bundle.ensure_tiny_bundle()
     record = tiny_bundle.pretraining_record(bundle)
     known, untaught = tiny_bundle.PRETRAINED_CLASS, tiny_bundle.UNTAUGHT_CLASS
     print(
@@ -86,10 +99,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_summary(result)
     formal = result["output"]["formal_dice"]
     if "pretrained" in formal and "finetuned" in formal:
+        names = mapped_class_names(result)
         for class_id in formal["pretrained"]["per_class"]:
             before, after = formal["pretrained"]["per_class"][class_id], formal["finetuned"]["per_class"][class_id]
-            name = "unknown" if before is None else f"{before:.3f}"
-            print(f"  class {class_id}: formal Dice {name} -> {'-' if after is None else f'{after:.3f}'}")
+            shown = " -> ".join("-" if v is None else f"{v:.3f}" for v in (before, after))
+            print(f"  {names[int(class_id)]} (class {class_id}): formal Dice {shown}")
     print(f"output.json: {out_dir / 'run' / 'output.json'}")
     return 0 if result["status"] == "completed" else 1
 
@@ -133,6 +147,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         resume=args.resume,
         skip_review=args.skip_review,
         prepare_only=args.prepare_only,
+        min_improvement=args.min_improvement,
         argv=sys.argv[1:],
         unmapped=args.unmapped,
         classes=args.classes,
@@ -145,6 +160,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return 0
     print_summary(result)
     return 0 if result["status"] == "completed" else 1
+
+
+def mapped_class_names(result: dict) -> dict[int, str]:
+    """VISTA3D id -> name for the run's mapped classes (from the bundle's label table when it can be read)."""
+    try:
+        catalog = {c.id: c.name for c in LabelCatalog.from_bundle(Path(result["model_repo"])).classes.values()}
+    except UserError:
+        catalog = {}
+    return {t: catalog.get(t, f"class {t}") for _, t in result["input"]["label_mappings"]["default"]}
 
 
 def print_summary(result: dict) -> None:
@@ -175,6 +199,10 @@ def print_summary(result: dict) -> None:
     print(f"recommended checkpoint: {out['recommended']} ({out['recommended_ckpt']})")
     for reason in out["decision_rationale"]:
         print(f"  - {reason}")
+    names = mapped_class_names(result)
+    for model, formal in out["formal_dice"].items():
+        for sentence in misplaced(formal["confusion"], names):
+            print(f"  {model}: {sentence}")
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
@@ -397,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--micro", action="store_true", help="small volumes for smoke runs")
     synth.set_defaults(handler=cmd_synthetic)
 
-    tiny = commands.add_parser("tiny-bundle", help="build the tiny reference bundle and print its folder")
-    tiny.add_argument("--cache-dir", help="where built bundles are kept (default: ~/.cache/vistafinetune)")
+    tiny = commands.add_parser("tiny-bundle", help="print the shipped tiny reference bundle's folder")
+    tiny.add_argument("--rebuild", metavar="DIR", help="pretrain the tiny bundle again into the new folder DIR")
     tiny.set_defaults(handler=cmd_tiny_bundle)
 
     finetune = commands.add_parser("finetune", help="finetune the bundle on a dataset and write RUN_DIR/output.json")
@@ -432,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     finetune.add_argument("--prepare-only", action="store_true", help="stage the run and print commands to run it")
     finetune.add_argument("--skip-review", action="store_true", help="no review after the formal evaluations")
+    finetune.add_argument(
+        "--min-improvement",
+        type=float,
+        default=MIN_IMPROVEMENT,
+        help=f"smallest Dice gain that recommends the finetuned checkpoint (default {MIN_IMPROVEMENT})",
+    )
     finetune.set_defaults(handler=cmd_finetune)
 
     labels = commands.add_parser("labels", help="list, search or resolve the bundle's class names")

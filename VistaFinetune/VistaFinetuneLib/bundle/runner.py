@@ -59,7 +59,7 @@ class BundleRun:
         return [*self.launcher(), "-m", "monai.bundle", "run", "--args_file", str(self.args_path.resolve())]
 
     def environment(self) -> dict[str, str]:
-        """The child's environment: bundle root first on ``PYTHONPATH``, unbuffered, no bytecode written, quiet imports."""
+        """The child's environment: bundle root first on PYTHONPATH, unbuffered, no bytecode written, quiet imports."""
         env = dict(os.environ)
         # The bundle root (for ``$import scripts``), then this engine (for its compatibility overrides).
         paths = [str(self.bundle_dir.resolve()), str(ENGINE_ROOT)]

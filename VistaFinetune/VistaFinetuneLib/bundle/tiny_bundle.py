@@ -1,9 +1,12 @@
 """The tiny reference bundle: the VISTA3D bundle's configuration interface around a 272k-parameter network.
 
-Its configs and scripts ship in ``Resources/TinyBundle``; its "pretrained" ``models/model.pt`` is made here by
-running the bundle's own ``train.json`` + ``train_continual.json`` on synthetic phantoms in which only the liver
-is labelled, so the model knows the liver (VISTA3D class 1) and has never been taught the left kidney (14).
-The result is cached under a key of everything that shapes it, and a build never writes the template.
+It ships whole in ``Resources/TinyBundle``: configs, scripts, and "pretrained" weights (``models/model.pt``, 1.1 MB)
+with their record (``docs/pretraining.json``: recipe, trajectory, SHA-256, the build key, the versions used), so
+every machine runs the demo and the tests on the same weights. Training on a CPU is not bit-reproducible across
+thread counts and machines, which is why the weights are shipped rather than rebuilt. ``rebuild`` makes them again
+the same way: the bundle's own ``train.json`` + ``train_continual.json`` on synthetic phantoms in which only the
+liver is labelled, so the model knows the liver (VISTA3D class 1) and has never been taught the left kidney (14).
+A test checks that the shipped record's build key still matches the template, the phantoms and the recipe.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from importlib import metadata
 from pathlib import Path
 
 from VistaFinetuneLib.bundle.runner import BundleRun, run_bundle
+from VistaFinetuneLib.bundle.source import sha256_file
 from VistaFinetuneLib.data import synthetic
+from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.resources import RESOURCES
+from VistaFinetuneLib.run_files import read_user_json
 
 TEMPLATE_DIR = RESOURCES / "TinyBundle"
+BUILT_FOLDERS = ("models", "docs")
 PRETRAINED_CLASS = ("liver", 1)
 UNTAUGHT_CLASS = ("left kidney", 14)
 EPOCH_LINE = re.compile(r"Epoch\[(\d+)\] Metrics -- .*val_mean_dice: ([0-9.]+)")
@@ -45,29 +52,25 @@ class PretrainRecipe:
 RECIPE = PretrainRecipe()
 
 
-def cache_root() -> Path:
-    """Where built bundles are kept: ``$VISTAFINETUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/vistafinetune``."""
-    if os.environ.get("VISTAFINETUNE_CACHE_DIR"):
-        return Path(os.environ["VISTAFINETUNE_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vistafinetune"
-
-
 def build_key(recipe: PretrainRecipe = RECIPE) -> str:
-    """A digest of the template, the phantom generator, the recipe and the monai/torch versions."""
+    """A digest of what shapes the weights: the configs and scripts, the phantom generator, the recipe."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in TEMPLATE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    for path in sorted(p for p in TEMPLATE_DIR.rglob("*") if p.is_file() and not ignored(p.relative_to(TEMPLATE_DIR))):
         digest.update(path.relative_to(TEMPLATE_DIR).as_posix().encode())
         digest.update(path.read_bytes())
     digest.update(Path(synthetic.__file__).read_bytes())
     digest.update(json.dumps(asdict(recipe), sort_keys=True).encode())
-    for package in ("monai", "torch"):
-        digest.update(f"{package}=={metadata.version(package)}".encode())
     return digest.hexdigest()[:16]
 
 
+def ignored(relative: Path) -> bool:
+    """Files of the shipped bundle that are not its template: the weights, their record, Python caches."""
+    return relative.parts[0] in BUILT_FOLDERS or "__pycache__" in relative.parts or relative.suffix == ".pyc"
+
+
 def copy_template(dest: Path) -> None:
-    """Copy the bundle's configs and scripts (no caches) to ``dest``."""
-    shutil.copytree(TEMPLATE_DIR, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    """Copy the bundle's configs and scripts (no weights, no record, no caches) to ``dest``."""
+    shutil.copytree(TEMPLATE_DIR, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *BUILT_FOLDERS))
 
 
 def write_pretraining_data(work_dir: Path, recipe: PretrainRecipe) -> tuple[Path, Path]:
@@ -128,7 +131,8 @@ def build_tiny_bundle(dest: Path, recipe: PretrainRecipe = RECIPE, log: Callable
 
     started = time.monotonic()
     code = run_bundle(run, on_line)
-    if code != 0 or not (dest / "models" / "model.pt").is_file():
+    weights = dest / "models" / "model.pt"
+    if code != 0 or not weights.is_file():
         raise RuntimeError(f"pretraining the tiny bundle failed (exit code {code}); see {run.log_path}")
     record = {
         "recipe": asdict(recipe),
@@ -137,6 +141,9 @@ def build_tiny_bundle(dest: Path, recipe: PretrainRecipe = RECIPE, log: Callable
         "best_val_mean_dice": max(dice_per_epoch),
         "seconds": round(time.monotonic() - started, 1),
         "build_key": build_key(recipe),
+        "weights_sha256": sha256_file(weights),
+        "built_with": {p: metadata.version(p) for p in ("monai", "torch", "numpy")}
+        | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
     }
     (dest / "docs").mkdir(exist_ok=True)
     (dest / "docs" / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -144,26 +151,20 @@ def build_tiny_bundle(dest: Path, recipe: PretrainRecipe = RECIPE, log: Callable
     return record
 
 
-def ensure_tiny_bundle(root: Path | None = None, log: Callable[[str], None] = print) -> Path:
-    """Return the built tiny bundle for the current key, building it (once) if the cache lacks it."""
-    root = root or cache_root()
-    key = build_key()
-    final = root / f"tiny-vista3d-{key}"
-    if (final / "models" / "model.pt").is_file() and (final / "docs" / "pretraining.json").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    partial = root / f".tiny-vista3d-{key}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    log(f"Building the tiny reference bundle in {final} (pretraining on synthetic phantoms, a few minutes) ...")
-    record = build_tiny_bundle(partial, log=log)
-    try:
-        partial.rename(final)
-    except OSError:
-        shutil.rmtree(partial, ignore_errors=True)  # another process finished the same build first
-    log(
-        f"Tiny bundle ready: best pretraining val_mean_dice {record['best_val_mean_dice']:.3f} in {record['seconds']} s"
-    )
-    return final
+def ensure_tiny_bundle(bundle_dir: Path = TEMPLATE_DIR) -> Path:
+    """The shipped tiny bundle, after checking that its weights are the ones its record names."""
+    weights, record_path = bundle_dir / "models" / "model.pt", bundle_dir / "docs" / "pretraining.json"
+    for path in (weights, record_path):
+        if not path.is_file():
+            raise UserError(f"{path}: the tiny bundle's shipped file is missing; restore it from the repository")
+    expected = read_user_json(record_path, "tiny bundle record").get("weights_sha256")
+    actual = sha256_file(weights)
+    if actual != expected:
+        raise UserError(
+            f"{weights}: SHA-256 {actual} differs from {expected} recorded in {record_path}; the weights were "
+            "changed: restore them from the repository or rebuild them (make tiny-weights)"
+        )
+    return bundle_dir
 
 
 def pretraining_record(bundle_dir: Path) -> dict:

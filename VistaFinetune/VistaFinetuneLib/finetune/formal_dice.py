@@ -15,12 +15,15 @@ import nibabel as nib
 import numpy as np
 
 from VistaFinetuneLib.data.dataset import Case
+from VistaFinetuneLib.review.confusion import add_counts, confusion_counts, confusion_shares
+from VistaFinetuneLib.review.seg_metrics import dice
 
 METHOD = (
     "Dice per mapped class per validation case, computed by VistaFinetune from the predictions saved by "
     "evaluate.json (original spacing and grid) against the ground truth relabelled with label_mappings; "
     "value 255 counts as background; a case whose ground truth lacks a class is skipped for that class unless "
-    "the prediction has it (then Dice 0); class Dice = mean over cases; overall = mean over classes."
+    "the prediction has it (then Dice 0); class Dice = mean over cases; overall = mean over classes; confusion: per "
+    "ground-truth class, the share of its voxels (all validation cases) labelled as each mapped class or background."
 )
 
 
@@ -32,6 +35,7 @@ class FormalDice:
     per_class: dict[int, float | None]
     mean: float | None
     bundle_val_mean_dice: float | None
+    confusion: dict[str, dict[str, float]]
 
     def to_json(self) -> dict:
         return {
@@ -39,16 +43,9 @@ class FormalDice:
             "per_class": {str(k): v for k, v in self.per_class.items()},
             "per_case": {case: {str(k): v for k, v in d.items()} for case, d in self.per_case.items()},
             "bundle_val_mean_dice": self.bundle_val_mean_dice,
+            "confusion": self.confusion,
             "method": METHOD,
         }
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float | None:
-    """Dice of two boolean masks; None when both are empty (nothing to score)."""
-    total = int(prediction.sum()) + int(truth.sum())
-    if total == 0:
-        return None
-    return 2.0 * int(np.logical_and(prediction, truth).sum()) / total
 
 
 def prediction_path(output_dir: Path, case_name: str) -> Path:
@@ -73,6 +70,7 @@ def formal_dice(output_dir: Path, cases: list[Case], label_mappings: list[list[i
     mapping = {int(source): int(target) for source, target in label_mappings}
     classes = sorted(set(mapping.values()))
     per_case: dict[str, dict[int, float | None]] = {}
+    counts: dict[int, dict[int, int]] = {}
     for case in cases:
         path = prediction_path(output_dir, case.name)
         if not path.is_file():
@@ -87,6 +85,7 @@ def formal_dice(output_dir: Path, cases: list[Case], label_mappings: list[list[i
         prediction = np.rint(prediction).astype(np.int32)
         prediction[prediction == 255] = 0
         per_case[case.name] = {c: dice(prediction == c, truth == c) for c in classes}
+        add_counts(counts, confusion_counts(prediction, truth, classes))
     per_class: dict[int, float | None] = {}
     for c in classes:
         scores = [d[c] for d in per_case.values() if d[c] is not None]
@@ -97,4 +96,5 @@ def formal_dice(output_dir: Path, cases: list[Case], label_mappings: list[list[i
         per_class=per_class,
         mean=float(np.mean(scored)) if scored else None,
         bundle_val_mean_dice=read_bundle_metric(output_dir),
+        confusion=confusion_shares(counts),
     )

@@ -1,8 +1,9 @@
-"""The finetune job: stage a run directory, run the bundle's phases, decide honestly, write output.json.
+"""The finetune job, step by step: stage a run folder, run the bundle's phases, score and decide, write output.json.
 
-Phases, each a ``python -m monai.bundle run`` child with its own log in ``RUN_DIR/logs/``:
+Phases (:mod:`phases`), each a ``python -m monai.bundle run`` child with its own log in ``RUN_DIR/logs/``:
 formal evaluation of the pretrained checkpoint (``evaluate.json``, original spacing) -> training
 (``train.json`` + ``train_continual.json`` + overrides) -> formal evaluation of the finetuned checkpoint.
+The verdict is :mod:`verdict`'s, the document :mod:`result`'s.
 Runs in a job process: imports torch (through :mod:`environment` and :mod:`checkpoints`) when called.
 """
 
@@ -12,52 +13,37 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from VistaFinetuneLib import __version__, environment
+from VistaFinetuneLib import environment
 from VistaFinetuneLib.bundle import tiny_bundle
 from VistaFinetuneLib.bundle.compat import compatibility_overrides, installed_monai
 from VistaFinetuneLib.bundle.labels import LabelCatalog
-from VistaFinetuneLib.bundle.log import TrainingTrace
-from VistaFinetuneLib.bundle.runner import BundleRun, run_bundle
+from VistaFinetuneLib.bundle.runner import BundleRun
 from VistaFinetuneLib.bundle.source import sha256_file
 from VistaFinetuneLib.bundle.variant import identify_variant
 from VistaFinetuneLib.data import dataset, label_names, relabel, synthetic
 from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_mapping
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.finetune import checkpoints, staging
-from VistaFinetuneLib.finetune.formal_dice import METHOD as FORMAL_DICE_METHOD
-from VistaFinetuneLib.finetune.formal_dice import formal_dice
+from VistaFinetuneLib.finetune.formal_dice import FormalDice, formal_dice
+from VistaFinetuneLib.finetune.phases import PHASES, PhaseOutcome, Progress, StatusWriter, run_phases
 from VistaFinetuneLib.finetune.plan import Plan, make_plan
-from VistaFinetuneLib.jobs.gpu_monitor import GpuMemoryMonitor
+from VistaFinetuneLib.finetune.result import result_document
+from VistaFinetuneLib.finetune.verdict import MIN_IMPROVEMENT, Verdict, decide
 from VistaFinetuneLib.jobs.remote_run import write_remote_files
 from VistaFinetuneLib.review.compare import review_run
 from VistaFinetuneLib.run_files import read_json, read_user_json, write_json_atomic
 from VistaFinetuneLib.schema import validate_output
 
-DISCLAIMER = (
-    "Research use only. Not for clinical deployment, clinical interpretation, autonomous diagnosis or "
-    "regulatory submission. Check every prediction."
-)
 SMOKE_MAPPING = [[1, 1], [2, 3], [3, 14]]  # synthetic phantoms: liver, spleen, left kidney
 SANITY_MAPPING = [[1, 23]]  # MSD Task06: lung tumour
 SANITY_PATCH = [128, 128, 128]
 SANITY_LEARNING_RATE = 5e-5
-SANITY_REFERENCE = {  # the DFW single-GPU Task06 run reproduced by the seed skill
-    "formal_pretrained_val_dice": 0.65,
-    "formal_finetuned_val_dice": 0.67,
-    "formal_improvement_over_pretrained": 0.005,
-    "training_start_val_dice": 0.65,
-    "training_best_val_dice": 0.68,
-    "improvement_over_baseline": 0.005,
-}
-PHASES = ("eval_pretrained", "train", "eval_finetuned")
 
 
 @dataclass
@@ -84,6 +70,7 @@ class FinetuneRequest:
     device: str | None = None
     resume: bool = False
     prepare_only: bool = False
+    min_improvement: float = MIN_IMPROVEMENT
     argv: list[str] = field(default_factory=list)
     unmapped: str = "refuse"  # or "background": unmapped label values become 0 in staged copies
     classes: str | None = None  # comma-separated dataset.json label names to finetune
@@ -99,9 +86,6 @@ class FinetuneRequest:
         fields = {k: (Path(v) if k in paths and v is not None else v) for k, v in data.items() if k in known}
         fields["config_overrides"] = [Path(p) for p in data.get("config_overrides", [])]
         return cls(**fields)
-
-
-Progress = Callable[[dict], None]
 
 
 def check_bundle(bundle_dir: Path, formal: bool) -> dict:
@@ -202,84 +186,6 @@ def resolve_mapping(
     )
 
 
-class StatusWriter:
-    """Rewrites ``status.json`` atomically as the run goes: phase, epoch, iteration, loss, Dice, ETA."""
-
-    def __init__(self, run_dir: Path, progress: Progress | None) -> None:
-        self.path = run_dir / "status.json"
-        self.progress = progress
-        self.state: dict = {"state": "running", "pid": os.getpid(), "phase": None, "phases": {}}
-        self.last_write = 0.0
-        self.epochs_seen = 0
-
-    def update(self, force: bool = False, **fields) -> None:
-        self.state.update(fields)
-        self.state["updated"] = time.time()
-        now = time.monotonic()
-        if force or now - self.last_write >= 0.5:
-            write_json_atomic(self.path, self.state)
-            self.last_write = now
-        if self.progress is not None:
-            self.progress(self.state)
-
-    def training_line(self, trace: TrainingTrace, phase_started: float) -> None:
-        done = (max(trace.epoch, 1) - 1) * (trace.iterations_per_epoch or 0) + trace.iteration
-        total = (trace.max_epochs or 0) * (trace.iterations_per_epoch or 0)
-        elapsed = time.monotonic() - phase_started
-        eta = elapsed / done * (total - done) if done and total else None
-        self.update(
-            epoch=trace.epoch,
-            max_epochs=trace.max_epochs,
-            iteration=trace.iteration,
-            iterations_per_epoch=trace.iterations_per_epoch,
-            loss=trace.losses[-1] if trace.losses else None,
-            val_dice_per_epoch=trace.val_dice_per_epoch,
-            eta_seconds=None if eta is None else round(eta, 1),
-            force=len(trace.val_dice_by_epoch) != self.epochs_seen,  # every validation result reaches the file
-        )
-        self.epochs_seen = len(trace.val_dice_by_epoch)
-
-
-def run_phase(
-    name: str,
-    bundle_dir: Path,
-    config_files: list[Path],
-    run_dir: Path,
-    status: StatusWriter,
-    trace: TrainingTrace | None = None,
-    nproc_per_node: int = 1,
-) -> dict:
-    """Run one phase of the bundle; return its record (command, config stack, log, exit code, time, GPU peak)."""
-    run = BundleRun(
-        bundle_dir=bundle_dir,
-        config_files=config_files,
-        cwd=run_dir,
-        log_path=run_dir / "logs" / f"{name}.log",
-        args_path=run_dir / "configs" / f"{name}_args.json",
-        nproc_per_node=nproc_per_node,
-    )
-    status.update(force=True, phase=name)
-    started = time.monotonic()
-
-    def on_line(line: str) -> None:
-        if trace is not None and trace.feed(line):
-            status.training_line(trace, started)
-
-    with GpuMemoryMonitor() as monitor:
-        code = run_bundle(run, on_line)
-    record = {
-        "command": " ".join(run.command()),
-        "config_stack": [str(p) for p in config_files],
-        "log": str(run.log_path),
-        "return_code": code,
-        "seconds": round(time.monotonic() - started, 1),
-        "peak_gpu_mb": monitor.peak_mb,
-    }
-    status.state["phases"][name] = {"return_code": code, "seconds": record["seconds"]}
-    status.update(force=True)
-    return record
-
-
 def check_numbers(request: FinetuneRequest) -> None:
     """Refuse numeric flags the bundle cannot run with."""
     if request.epochs is not None and request.epochs < 1:
@@ -297,41 +203,51 @@ def flag_or_preset(value, preset, preset_on: bool):
     return preset if preset_on else None
 
 
-def log_tail(path: Path, lines: int = 20) -> list[str]:
-    return path.read_text(errors="replace").splitlines()[-lines:] if path.is_file() else []
+@dataclass
+class StagedRun:
+    """A run folder ready for the phases: the inputs checked, the plan made, the configs written."""
 
+    request: FinetuneRequest
+    run_dir: Path
+    bundle_dir: Path
+    bundle: dict
+    formal: bool
+    cases: list[dataset.Case]
+    datalist: Path
+    source: str
+    audit: dataset.DatasetAudit
+    mapping: list[list[int]]
+    resolution: dict
+    warnings: list[str]
+    env: dict
+    plan: Plan
+    auto_seg: bool
+    stacks: dict[str, list[Path]]
+    compat_names: list[str]
 
-def decide(
-    comparison: checkpoints.Comparison | None,
-    formal_pre: float | None,
-    formal_ft: float | None,
-    start: float | None,
-    best: float | None,
-) -> tuple[str, list[str]]:
-    """Pick ``pretrained`` or ``finetuned``: only a changed checkpoint that scores higher can win."""
-    why = []
-    if comparison is None:
-        return "pretrained", ["no finetuned checkpoint was written"]
-    if comparison.identical:
-        return "pretrained", [
-            "model_finetune.pt equals the pretrained weights tensor for tensor (the epoch-0 trap: no epoch beat "
-            "the validation score of the pretrained model)"
-        ]
-    why.append(f"model_finetune.pt differs from the pretrained weights in {comparison.tensors_changed} tensors")
-    if formal_pre is not None and formal_ft is not None:
-        if formal_ft > formal_pre:
-            why.append(f"formal Dice rose from {formal_pre:.4f} to {formal_ft:.4f}")
-            return "finetuned", why
-        why.append(f"formal Dice did not rise ({formal_pre:.4f} -> {formal_ft:.4f})")
-        return "pretrained", why
-    if start is not None and best is not None:
-        if best > start:
-            why.append(f"no formal evaluation; training-time Dice rose from {start:.4f} to {best:.4f}")
-            return "finetuned", why
-        why.append(f"no formal evaluation; training-time Dice did not rise ({start:.4f} -> {best:.4f})")
-        return "pretrained", why
-    why.append("no score to compare the checkpoints by")
-    return "pretrained", why
+    @property
+    def train_cases(self) -> list[dataset.Case]:
+        return [c for c in self.cases if c.fold != 0]
+
+    @property
+    def val_cases(self) -> list[dataset.Case]:
+        return [c for c in self.cases if c.fold == 0]
+
+    @property
+    def pretrained_ckpt(self) -> Path:
+        return self.bundle_dir / "models" / "model.pt"
+
+    @property
+    def finetuned_ckpt(self) -> Path:
+        return self.run_dir / "checkpoints" / "model_finetune.pt"
+
+    @property
+    def final_ckpt(self) -> Path:
+        return self.run_dir / "checkpoints" / "model_final.pt"
+
+    @property
+    def phases(self) -> list[str]:
+        return [p for p in PHASES if self.formal or p == "train"]
 
 
 def run_finetune(request: FinetuneRequest, progress: Progress | None = None) -> dict:
@@ -352,10 +268,35 @@ def run_finetune(request: FinetuneRequest, progress: Progress | None = None) -> 
 def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
     started = time.monotonic()
     run_dir = prepare_run_dir(request)
+    previous = read_json(run_dir / "run.json") if request.resume else {}
     if request.resume:
-        request = FinetuneRequest.from_json(read_json(run_dir / "run.json")["request_resolved"] | {"resume": True})
+        request = FinetuneRequest.from_json(previous["request_resolved"] | {"resume": True})
+    staged = stage_run(request, run_dir)
+    write_run_record(staged, previous)
+    if request.prepare_only:
+        return prepared_result(staged)
+    # The verdict compares checkpoints with torch: importing it while the phases run hides those seconds.
+    threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
+    status = StatusWriter(run_dir, progress)
+    outcome = run_phases(
+        staged.phases, staged.stacks, staged.bundle_dir, run_dir, staged.plan.nproc_per_node, status, previous
+    )
+    result = result_document(staged, outcome, score_run(staged, outcome), time.monotonic() - started)
+    validate_output(result)
+    write_json_atomic(run_dir / "output.json", result)
+    if staged.formal and not outcome.failed and not request.skip_review:
+        status.update(force=True, phase="review")
+        result["review"] = review_run(run_dir)
+        validate_output(result)
+        write_json_atomic(run_dir / "output.json", result)
+    status.update(force=True, state="failed" if outcome.failed else "completed", phase=None)
+    return result
+
+
+def stage_run(request: FinetuneRequest, run_dir: Path) -> StagedRun:
+    """Check every input, read the cases, make the plan and write the phases' override files."""
     formal = (not request.skip_formal_eval) and (not request.smoke or request.formal_eval)
-    bundle_dir = (request.bundle_dir or tiny_bundle.ensure_tiny_bundle(log=lambda m: None)).absolute()
+    bundle_dir = (request.bundle_dir or tiny_bundle.ensure_tiny_bundle()).absolute()
     bundle = check_bundle(bundle_dir, formal)
     for path in request.config_overrides:
         if not path.is_file():
@@ -369,283 +310,161 @@ def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
     if request.unmapped == "background":  # relabelled copies in the run folder; the user's labels stay as they are
         labels_dir = run_dir / "dataset" / "labels"
         cases, resolution["unmapped"] = relabel.stage_background(cases, audit, [a for a, _ in mapping], labels_dir)
+    if request.resume:  # what was dropped (and how the mapping was found) is known from the first start
+        resolution = read_json(run_dir / "run.json").get("label_mapping_resolution", resolution)
     datalist.parent.mkdir(parents=True, exist_ok=True)
     dataset.write_datalist(cases, datalist)
-    train_cases = [c for c in cases if c.fold != 0]
-    val_cases = [c for c in cases if c.fold == 0]
     env = environment.probe(request.device)
-    preset_epochs = 2 if request.smoke else 5
+    plan = plan_training(request, env, bundle_dir, sum(1 for c in cases if c.fold != 0))
+    auto_seg = request.auto_seg or request.sanity
+    stacks, compat_names = write_config_stacks(request, run_dir, bundle_dir, datalist, mapping, plan, auto_seg)
+    return StagedRun(
+        request, run_dir, bundle_dir, bundle, formal, cases, datalist, source, audit, mapping, resolution,
+        warnings, env, plan, auto_seg, stacks, compat_names,
+    )  # fmt: skip
+
+
+def plan_training(request: FinetuneRequest, env: dict, bundle_dir: Path, n_train: int) -> Plan:
+    """The engine's plan for this machine, with the caller's flags and the presets (smoke, sanity) applied."""
     plan = make_plan(
         env,
-        len(train_cases),
+        n_train,
         patch_size=flag_or_preset(request.patch_size, SANITY_PATCH, request.sanity),
         cache_rate=request.cache_rate,
         epochs=request.epochs,
         learning_rate=flag_or_preset(request.learning_rate, SANITY_LEARNING_RATE, request.sanity),
-        default_epochs=preset_epochs,
+        default_epochs=2 if request.smoke else 5,
         allow_multi_gpu=not (request.sanity or request.smoke),
     )
     if plan.multi_gpu and not (bundle_dir / "configs" / "multi_gpu_train.json").is_file():
         plan = Plan(**{**plan.to_json(), "multi_gpu": False, "nproc_per_node": 1})
         plan.rationale.append("single process: the bundle has no configs/multi_gpu_train.json")
-    auto_seg = request.auto_seg or request.sanity
+    return plan
+
+
+def write_config_stacks(
+    request: FinetuneRequest,
+    run_dir: Path,
+    bundle_dir: Path,
+    datalist: Path,
+    mapping: list[list[int]],
+    plan: Plan,
+    auto_seg: bool,
+) -> tuple[dict[str, list[Path]], list[str]]:
+    """Write the override files into ``RUN_DIR/configs``; return each phase's config stack and the compat names."""
     configs_dir = run_dir / "configs"
     common = configs_dir / "overrides.json"
     write_json_atomic(
         common,
         staging.common_overrides(
-            bundle_dir=bundle_dir,
-            run_dir=run_dir,
-            datalist=datalist,
-            label_mappings=mapping,
-            plan=plan,
-            device=request.device,
-            auto_seg=auto_seg,
+            bundle_dir=bundle_dir, run_dir=run_dir, datalist=datalist, label_mappings=mapping, plan=plan,
+            device=request.device, auto_seg=auto_seg,
         ),
-    )
+    )  # fmt: skip
     train_extra = configs_dir / "train_overrides.json"
     compat, compat_names = compatibility_overrides(installed_monai())
     write_json_atomic(train_extra, staging.training_overrides() | compat)
-    pretrained_ckpt = bundle_dir / "models" / "model.pt"
-    finetuned_ckpt = run_dir / "checkpoints" / "model_finetune.pt"
-    final_ckpt = run_dir / "checkpoints" / "model_final.pt"
-    evals = {
-        "eval_pretrained": (pretrained_ckpt, run_dir / "eval_pretrained"),
-        "eval_finetuned": (finetuned_ckpt, run_dir / "eval_finetuned"),
+    checkpoints_by_phase = {
+        "eval_pretrained": bundle_dir / "models" / "model.pt",
+        "eval_finetuned": run_dir / "checkpoints" / "model_finetune.pt",
     }
-    for name, (ckpt, out) in evals.items():
-        write_json_atomic(configs_dir / f"{name}_overrides.json", staging.evaluation_overrides(ckpt, out))
+    for name, ckpt in checkpoints_by_phase.items():
+        write_json_atomic(configs_dir / f"{name}_overrides.json", staging.evaluation_overrides(ckpt, run_dir / name))
     user = [p.absolute() for p in request.config_overrides]
-    bundle_configs = bundle_dir / "configs"
-    stacks = {
-        "train": [bundle_configs / "train.json", bundle_configs / "train_continual.json"]
-        + ([bundle_configs / "multi_gpu_train.json"] if plan.multi_gpu else [])
-        + [common, train_extra, *user],
-    }
-    for name in evals:
-        stacks[name] = [
-            bundle_configs / "train.json",
-            bundle_configs / "train_continual.json",
-            bundle_configs / "evaluate.json",
-            common,
-            configs_dir / f"{name}_overrides.json",
-            *user,
-        ]
-    # What --resume re-reads: the same cases, folds and mapping, whatever the original flags pointed at.
+    base = [bundle_dir / "configs" / "train.json", bundle_dir / "configs" / "train_continual.json"]
+    multi_gpu = [bundle_dir / "configs" / "multi_gpu_train.json"] if plan.multi_gpu else []
+    stacks = {"train": [*base, *multi_gpu, common, train_extra, *user]}
+    for name in checkpoints_by_phase:
+        evaluate = bundle_dir / "configs" / "evaluate.json"
+        stacks[name] = [*base, evaluate, common, configs_dir / f"{name}_overrides.json", *user]
+    return stacks, compat_names
+
+
+def write_run_record(staged: StagedRun, previous: dict) -> None:
+    """``run.json``: the request as given and as resolved (what --resume re-reads), bundle, mapping, plan, stacks."""
+    request = staged.request
     resolved = request.to_json() | {
-        "output_dir": str(run_dir),
-        "bundle_dir": str(bundle_dir),
-        "datalist": str(datalist),
+        "output_dir": str(staged.run_dir),
+        "bundle_dir": str(staged.bundle_dir),
+        "datalist": str(staged.datalist),
         "dataset_dir": None,
-        "config_overrides": [str(p) for p in user],
-        "label_mapping": json.dumps(mapping),
+        "config_overrides": [str(p.absolute()) for p in request.config_overrides],
+        "label_mapping": json.dumps(staged.mapping),
         "target_anatomy": None,
         "classes": None,
         "resume": False,
         "prepare_only": False,
     }
-    previous = read_json(run_dir / "run.json") if request.resume else {}
-    resolution = previous.get("label_mapping_resolution", resolution)  # what was dropped is known at the start
     write_json_atomic(
-        run_dir / "run.json",
+        staged.run_dir / "run.json",
         {
             "request": previous.get("request", request.to_json()),
             "request_resolved": previous.get("request_resolved", resolved),
-            "bundle": bundle,
-            "label_mappings": {"default": mapping},
-            "label_mapping_resolution": resolution,
-            "plan": plan.to_json(),
-            "config_stacks": {k: [str(p) for p in v] for k, v in stacks.items()},
+            "bundle": staged.bundle,
+            "label_mappings": {"default": staged.mapping},
+            "label_mapping_resolution": staged.resolution,
+            "plan": staged.plan.to_json(),
+            "config_stacks": {k: [str(p) for p in v] for k, v in staged.stacks.items()},
         },
     )
 
-    if request.prepare_only:
-        runs = {
-            name: BundleRun(
-                bundle_dir,
-                stack,
-                run_dir,
-                run_dir / "logs" / f"{name}.log",
-                run_dir / "configs" / f"{name}_args.json",
-                nproc_per_node=plan.nproc_per_node if name == "train" else 1,
-            )  # fmt: skip
-            for name, stack in stacks.items()
-            if formal or name == "train"
-        }
-        return {
-            "status": "prepared",
-            "run_dir": str(run_dir),
-            "commands": write_remote_files(run_dir, runs, plan.nproc_per_node),
-        }
 
-    # The verdict compares checkpoints with torch: importing it while the phases run hides those seconds.
-    threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
-    status = StatusWriter(run_dir, progress)
-    done = previous.get("phases_done", []) if request.resume else []
-    phase_records: dict[str, dict] = dict(previous.get("phase_records", {}))
-    trace = TrainingTrace()
-    order = [p for p in PHASES if formal or p == "train"]
-    failed = None
-    for name in order:
-        if name in done:
-            phase_records[name]["skipped"] = True
-            continue
-        if name == "eval_finetuned" and not finetuned_ckpt.is_file():
-            failed = failed or "training wrote no model_finetune.pt"
-            break
-        # A phase starts clean: leftovers of an interrupted attempt (this run's own files) would mislead.
-        shutil.rmtree(run_dir / ("checkpoints" if name == "train" else name), ignore_errors=True)
-        training = name == "train"
-        record = run_phase(
-            name, bundle_dir, stacks[name], run_dir, status, trace if training else None,
-            plan.nproc_per_node if training else 1,
+def prepared_result(staged: StagedRun) -> dict:
+    """``--prepare-only``: the commands that run the phases elsewhere (same paths)."""
+    run_dir = staged.run_dir
+    runs = {
+        name: BundleRun(
+            staged.bundle_dir,
+            staged.stacks[name],
+            run_dir,
+            run_dir / "logs" / f"{name}.log",
+            run_dir / "configs" / f"{name}_args.json",
+            nproc_per_node=staged.plan.nproc_per_node if name == "train" else 1,
         )  # fmt: skip
-        phase_records[name] = record
-        if record["return_code"] != 0:
-            failed = f"phase {name} failed with exit code {record['return_code']}; see {record['log']}"
-            break
-        done.append(name)
-        run_json = read_json(run_dir / "run.json")
-        write_json_atomic(run_dir / "run.json", run_json | {"phases_done": done, "phase_records": phase_records})
-    if "train" in done and not trace.val_dice_by_epoch:
-        for line in Path(phase_records["train"]["log"]).read_text(errors="replace").splitlines():
-            trace.feed(line)
-
-    formal_scores = {}
-    if formal:
-        for name, (_, out) in evals.items():
-            if name in done:
-                formal_scores[name] = formal_dice(out, val_cases, mapping)
-    comparisons = {}
-    for label, path in (("model_finetune.pt", finetuned_ckpt), ("model_final.pt", final_ckpt)):
-        if path.is_file():
-            comparisons[label] = checkpoints.compare_checkpoints(pretrained_ckpt, path)
-    pre = formal_scores.get("eval_pretrained")
-    ft = formal_scores.get("eval_finetuned")
-    start = trace.start_dice
-    best = max(trace.val_dice_per_epoch) if trace.val_dice_per_epoch else None
-    # The bundle's own "Key metric ... at epoch: N" names the epoch model_finetune.pt holds (0: the pretrained).
-    best_epoch = trace.best_epoch
-    comparison = comparisons.get("model_finetune.pt")
-    if failed:
-        recommended, rationale = None, [failed]
-    else:
-        recommended, rationale = decide(comparison, pre and pre.mean, ft and ft.mean, start, best)
-    recommended_ckpt = {"finetuned": finetuned_ckpt, "pretrained": pretrained_ckpt}.get(recommended)
-
-    def difference(a, b):
-        return None if a is None or b is None else round(b - a, 6)
-
-    output = {
-        "finetuned_ckpt": str(finetuned_ckpt) if finetuned_ckpt.is_file() else None,
-        "finetuned_ckpt_exists": finetuned_ckpt.is_file(),
-        "final_ckpt": str(final_ckpt) if final_ckpt.is_file() else None,
-        "pretrained_ckpt": str(pretrained_ckpt),
-        "recommended_ckpt": None if recommended_ckpt is None else str(recommended_ckpt),
-        "recommended": recommended,
-        "checkpoint_comparisons_to_pretrained": {k: v.to_json() for k, v in comparisons.items()},
-        "finetuned_ckpt_matches_pretrained_weights": None if comparison is None else comparison.identical,
-        "baseline_val_dice": start,
-        "best_val_dice": best,
-        "best_epoch_index": best_epoch,
-        "improvement_over_baseline": difference(start, best),
-        "regressed": None if start is None or best is None else best < start - 0.005,
-        "improved": None if recommended is None else recommended == "finetuned",
-        "training_start_val_dice": start,
-        "training_best_val_dice": best,
-        "training_best_epoch_index": best_epoch,
-        "formal_eval_enabled": formal,
-        "formal_pretrained_val_dice": pre and pre.mean,
-        "formal_finetuned_val_dice": ft and ft.mean,
-        "formal_improvement_over_pretrained": difference(pre and pre.mean, ft and ft.mean),
-        "formal_regressed": None if not (pre and ft) else (ft.mean or 0) < (pre.mean or 0) - 0.005,
-        "formal_improved": None if not (pre and ft) else (ft.mean or 0) > (pre.mean or 0),
-        "formal_dice": {k.removeprefix("eval_"): v.to_json() for k, v in formal_scores.items()},
-        "formal_dice_method": FORMAL_DICE_METHOD,
-        "val_dice_per_epoch": trace.val_dice_per_epoch,
-        "train_loss_first": trace.losses[0] if trace.losses else None,
-        "train_loss_last": trace.losses[-1] if trace.losses else None,
-        "train_loss_finite": trace.losses_finite,
-        "oom": trace.oom,
-        "decision_rationale": rationale + warnings,
-        "sanity_reference_checks": None,
-        "sanity_recovery_demonstrated": None,
+        for name in staged.phases
     }
-    if request.sanity and not failed:
-        checks = {k: (output[k] is not None and output[k] >= v) for k, v in SANITY_REFERENCE.items()}
-        checks["finetuned_ckpt_differs_from_pretrained"] = comparison is not None and not comparison.identical
-        output["sanity_reference_checks"] = checks
-        output["sanity_recovery_demonstrated"] = all(checks.values())
-    main_log = Path(phase_records.get("train", {}).get("log", run_dir / "logs" / "train.log"))
-    return_code = next((r["return_code"] for r in phase_records.values() if r.get("return_code")), 0)
-    train_stack = [str(p) for p in stacks["train"]]
-    result = {
-        "skill": "nv_segment_ct_finetune",
-        "producer": {"name": "VistaFinetune", "version": __version__},
-        "status": "failed" if failed else "completed",
-        "error": failed,
-        "model": str(bundle["name"]),
-        "model_repo": str(bundle_dir),
-        "version": bundle["version"] or "unknown",
-        "bundle": bundle,
-        "input": {
-            "dataset_dir": str(request.dataset_dir or datalist.parent),
-            "datalist": str(datalist),
-            "datalist_source": source,
-            "n_train_cases": len(train_cases),
-            "n_val_cases": len(val_cases),
-            "label_mappings": {"default": mapping},
-            "label_mapping_resolution": resolution,
-            "dataset_audit": audit.to_json(),
-            "smoke": request.smoke,
-            "sanity": request.sanity,
-            "auto_seg": auto_seg,
-            "target_anatomy": request.target_anatomy,
-        },
-        "environment": env,
-        "plan": plan.to_json(),
-        "invocation": {
-            "command": " ".join(phase_records.get("train", {}).get("command", "").split()),
-            "command_prefix": " ".join(
-                BundleRun(bundle_dir, [], run_dir, run_dir, run_dir, nproc_per_node=plan.nproc_per_node).command()[:-2]
-            ),
-            "config_stack": train_stack,
-            "multi_gpu": plan.multi_gpu,
-            "cwd": str(run_dir),
-            "override_file": str(common),
-            "argv": request.argv,
-            "phases": {
-                name: {"command": r["command"], "config_stack": r["config_stack"], "log": r["log"]}
-                for name, r in phase_records.items()
-            },
-        },
-        "output": output,
-        "runtime": {
-            "wall_seconds": round(time.monotonic() - started, 1),
-            "peak_gpu_mb": max([r.get("peak_gpu_mb", 0) for r in phase_records.values()] + [0]),
-            "phase_peak_gpu_mb": {k: r.get("peak_gpu_mb", 0) for k, r in phase_records.items()},
-            "return_code": return_code,
-            "log_path": str(main_log),
-            "log_tail": log_tail(main_log),
-            "phases": {
-                k: {
-                    "return_code": r.get("return_code"),
-                    "seconds": r.get("seconds", 0.0),
-                    "log": r["log"],
-                    "skipped": bool(r.get("skipped")),
-                }
-                for k, r in phase_records.items()
-            },
-        },
-        "compatibility_overrides": compat_names,
-        "intended_use_disclaimer": DISCLAIMER,
+    return {
+        "status": "prepared",
+        "run_dir": str(run_dir),
+        "commands": write_remote_files(run_dir, runs, staged.plan.nproc_per_node),
     }
-    validate_output(result)
-    write_json_atomic(run_dir / "output.json", result)
-    if formal and not failed and not request.skip_review:
-        status.update(force=True, phase="review")
-        result["review"] = review_run(run_dir)
-        validate_output(result)
-        write_json_atomic(run_dir / "output.json", result)
-    status.update(force=True, state="failed" if failed else "completed", phase=None)
-    return result
+
+
+@dataclass
+class RunScores:
+    """The formal Dice of each evaluated checkpoint, the checkpoint comparisons and the verdict."""
+
+    formal: dict[str, FormalDice]
+    comparisons: dict[str, checkpoints.Comparison]
+    verdict: Verdict | None
+
+    @property
+    def pretrained(self) -> FormalDice | None:
+        return self.formal.get("eval_pretrained")
+
+    @property
+    def finetuned(self) -> FormalDice | None:
+        return self.formal.get("eval_finetuned")
+
+
+def score_run(staged: StagedRun, outcome: PhaseOutcome) -> RunScores:
+    """Rescore the saved predictions, compare the checkpoints with the pretrained one, and decide."""
+    formal = {
+        name: formal_dice(staged.run_dir / name, staged.val_cases, staged.mapping)
+        for name in ("eval_pretrained", "eval_finetuned")
+        if staged.formal and name in outcome.done
+    }
+    comparisons = {
+        path.name: checkpoints.compare_checkpoints(staged.pretrained_ckpt, path)
+        for path in (staged.finetuned_ckpt, staged.final_ckpt)
+        if path.is_file()
+    }
+    scores = RunScores(formal, comparisons, None)
+    if not outcome.failed:
+        trace = outcome.trace
+        pair = (scores.pretrained, scores.finetuned) if scores.pretrained and scores.finetuned else None
+        best = max(trace.val_dice_per_epoch) if trace.val_dice_per_epoch else None
+        scores.verdict = decide(
+            comparisons.get("model_finetune.pt"), pair, trace.start_dice, best, staged.request.min_improvement
+        )
+    return scores

@@ -3,7 +3,8 @@
 ``review_run`` reads a finished finetune run (pretrained vs finetuned formal-evaluation predictions);
 ``review_predictions`` takes any two prediction folders. Metrics are computed on each ground truth's own grid
 (a prediction on another grid is resampled onto it by the affines, nearest neighbour). Outputs in ``OUT_DIR``:
-``metrics.csv`` (one row per case, class and model), ``metrics.json`` (rows + summary), ``summary.csv``,
+``metrics.csv`` (one row per case, class and model), ``metrics.json`` (rows, summary and confusion),
+``summary.csv``, ``confusion.csv`` (per model, the share of each class's truth voxels labelled as each class),
 a montage per case and class, ``training_curves.png`` (runs only) and a self-contained ``report.html``.
 """
 
@@ -23,6 +24,7 @@ from VistaFinetuneLib.data.dataset import nifti_name
 from VistaFinetuneLib.data.geometry import voxel_spacing_mm, voxel_to_voxel
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.review import figures as review_figures
+from VistaFinetuneLib.review.confusion import add_counts, confusion_counts, confusion_rows, confusion_shares, misplaced
 from VistaFinetuneLib.review.seg_metrics import EMPTY_MASK_RULES, label_metrics
 from VistaFinetuneLib.run_files import write_json_atomic
 
@@ -147,6 +149,7 @@ def review(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     images: list[tuple[str, Path]] = []
+    counts: dict[str, dict[int, dict[int, int]]] = {model: {} for model in models}
     for case in cases:
         truth, truth_affine = load_labels(case.truth)
         spacing = voxel_spacing_mm(truth_affine)
@@ -157,6 +160,7 @@ def review(
         for model in models:
             for class_id, metrics in label_metrics(predictions[model], truth, spacing, class_ids, tolerance_mm).items():
                 rows.append({"case": case.name, "class_id": class_id, "model": model, **metrics.to_json()})
+            add_counts(counts[model], confusion_counts(predictions[model], truth, class_ids))
         if case.image is not None:
             image = np.asarray(nib.load(case.image).dataobj).squeeze()
             for class_id in class_ids:
@@ -170,6 +174,8 @@ def review(
                 )
                 images.append((f"{case.name}: {name} (class {class_id})", png))
     summary = summarise(rows, models, class_names)
+    confusion = {model: confusion_shares(counts[model]) for model in models}
+    table = [row for model in models for row in confusion_rows(confusion[model], class_names, model)]
     if curves is not None:
         png = review_figures.training_curves(
             curves["loss"], curves["val_dice"], curves["formal_pretrained"], curves["formal_finetuned"],
@@ -180,6 +186,10 @@ def review(
         writer = csv.DictWriter(stream, fieldnames=["case", "class_id", "model", *METRICS])
         writer.writeheader()
         writer.writerows(rows)
+    with open(out_dir / "confusion.csv", "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["model", "ground truth", "labelled as", "share"])
+        writer.writeheader()
+        writer.writerows(table)
     with open(out_dir / "summary.csv", "w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(summary[0]) if summary else ["class"])
         writer.writeheader()
@@ -191,17 +201,21 @@ def review(
         "empty_mask_rules": EMPTY_MASK_RULES,
         "rows": rows,
         "summary": summary,
+        "confusion": confusion,
     }
     write_json_atomic(out_dir / "metrics.json", document)
+    misplaced_notes = [f"{m}: {s}" for m in models for s in misplaced(confusion[m], class_names)]
     review_figures.html_report(
-        title, summary, rows, images, [*(notes or []), EMPTY_MASK_RULES], out_dir / "report.html"
-    )
+        title, summary, rows, images, [*(notes or []), *misplaced_notes, EMPTY_MASK_RULES], out_dir / "report.html",
+        table,
+    )  # fmt: skip
     return {
         "dir": str(out_dir),
         "html": str(out_dir / "report.html"),
         "metrics_csv": str(out_dir / "metrics.csv"),
         "metrics_json": str(out_dir / "metrics.json"),
         "summary_csv": str(out_dir / "summary.csv"),
+        "confusion_csv": str(out_dir / "confusion.csv"),
         "pictures": [str(p) for _, p in images],
     }
 

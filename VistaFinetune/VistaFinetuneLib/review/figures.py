@@ -20,7 +20,7 @@ from nibabel.orientations import apply_orientation, io_orientation
 
 from VistaFinetuneLib.bundle.log import TrainingTrace
 from VistaFinetuneLib.data.geometry import voxel_spacing_mm
-from VistaFinetuneLib.finetune.formal_dice import dice
+from VistaFinetuneLib.review.seg_metrics import dice
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,6 +32,8 @@ PREDICTION_COLOUR = "#ff7f00"  # orange outline of a prediction
 FP_COLOUR = (1.0, 0.0, 1.0)  # magenta: predicted, not in the truth
 FN_COLOUR = (0.0, 1.0, 1.0)  # cyan: in the truth, not predicted
 OVERLAY_ALPHA = 0.5
+# Truth voxels of the shown class that a prediction gave to another class, in that class's colour (by id).
+TAKEN_COLOURS = ((0.25, 0.45, 1.0), (0.1, 0.75, 0.2), (1.0, 0.25, 0.2), (0.6, 0.35, 0.95))
 FIGURE_DPI = 100
 MONTAGE_INCHES = (9.0, 9.0)
 CURVES_INCHES = (10.0, 4.0)
@@ -98,6 +100,11 @@ def _foreground(labels: np.ndarray, class_id: int) -> np.ndarray:
     return (labels == class_id) & (labels != NOT_PROCESSED)
 
 
+def taken_colour(class_id: int) -> tuple[float, float, float]:
+    """The colour that marks truth voxels labelled as ``class_id`` instead of the class shown."""
+    return TAKEN_COLOURS[class_id % len(TAKEN_COLOURS)]
+
+
 def _dice_text(value: float | None) -> str:
     return "Dice –" if value is None else f"Dice {value:.4f}"
 
@@ -125,6 +132,8 @@ def montage_figure(
     image_ras, spacing = canonical_ras(np.asarray(image, dtype=np.float32), affine)
     truth_ras = canonical_ras(_foreground(truth, class_id), affine)[0]
     predicted_ras = {name: canonical_ras(_foreground(p, class_id), affine)[0] for name, p in predictions.items()}
+    labels_ras = {name: canonical_ras(np.where(p == NOT_PROCESSED, 0, p), affine)[0] for name, p in predictions.items()}
+    taken_by: set[int] = set()
     point = slice_point(truth_ras, predicted_ras.values())
 
     columns: list[tuple[str, np.ndarray | None]] = [("ground truth", None), *predicted_ras.items()]
@@ -147,6 +156,11 @@ def montage_figure(
                 overlay = np.zeros((*shown.shape, 4))
                 overlay[shown & ~truth_2d] = (*FP_COLOUR, OVERLAY_ALPHA)
                 overlay[truth_2d & ~shown] = (*FN_COLOUR, OVERLAY_ALPHA)
+                labels_2d = display_slice(labels_ras[name], plane, point)
+                taken = truth_2d & ~shown & (labels_2d > 0)
+                for other in np.unique(labels_2d[taken]).tolist():
+                    overlay[taken & (labels_2d == other)] = (*taken_colour(other), OVERLAY_ALPHA)
+                    taken_by.add(other)
                 ax.imshow(overlay, aspect=aspect, interpolation="nearest")
                 header = f"{_plain_text(name)}\n{_dice_text(dice(predicted, truth_ras))}"
             if shown.any():
@@ -171,6 +185,10 @@ def montage_figure(
         Line2D([], [], color=PREDICTION_COLOUR, linewidth=2, label="prediction outline"),
         Patch(facecolor=FP_COLOUR, alpha=OVERLAY_ALPHA, label="false positive (predicted, not in truth)"),
         Patch(facecolor=FN_COLOUR, alpha=OVERLAY_ALPHA, label="false negative (in truth, not predicted)"),
+        *(
+            Patch(facecolor=taken_colour(other), alpha=OVERLAY_ALPHA, label=f"in truth, labelled class {other}")
+            for other in sorted(taken_by)
+        ),
     ]
     figure.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
     return figure
@@ -190,7 +208,8 @@ def case_montage(
 
     ``truth`` and every prediction lie on ``image``'s grid and use the same class ids (VISTA3D ids; 255 is
     never foreground). The cuts pass through the truth's centroid (else a prediction's, else the volume centre).
-    Prediction columns show the prediction outline, false positives (magenta) and false negatives (cyan), with
+    Prediction columns show the prediction outline, false positives (magenta) and false negatives (cyan; those a
+    prediction gave to another class in that class's colour, ``taken_colour``), with
     the case's 3D Dice in the header; the image is shown in ``window`` (HU, default soft tissue W400/L40).
     """
     figure = montage_figure(image, affine, truth, predictions, class_id, title, window)
@@ -330,8 +349,9 @@ def html_report(
     images: list[tuple[str, Path]],
     notes: list[str],
     out_html: Path,
+    confusion_rows: list[dict] | None = None,
 ) -> Path:
-    """Write one self-contained HTML page: title, notes, summary and per-case tables, then captioned PNGs.
+    """Write one self-contained HTML page: title, notes, summary, confusion and per-case tables, captioned PNGs.
 
     Table columns are the keys of the first row; every string is HTML-escaped and the PNGs are embedded as
     base64 data URIs, so the page needs no other file, network access or JavaScript.
@@ -350,6 +370,8 @@ def html_report(
         *(f"<p>{html.escape(note)}</p>" for note in notes),
         "<h2>Summary</h2>",
         _table(summary_rows, "summary"),
+        "<h2>Where each class's ground-truth voxels went</h2>",
+        _table(confusion_rows or [], "confusion"),
         "<h2>Per case</h2>",
         _table(per_case_rows, "per-case"),
     ]

@@ -46,6 +46,14 @@ class MaskMetrics:
         return asdict(self)
 
 
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float | None:
+    """Dice of two boolean masks; None when both are empty (nothing to score)."""
+    total = int(prediction.sum()) + int(truth.sum())
+    if total == 0:
+        return None
+    return 2.0 * int(np.logical_and(prediction, truth).sum()) / total
+
+
 def mask_metrics(
     prediction: np.ndarray, reference: np.ndarray, spacing_mm: Sequence[float], tolerance_mm: float = 2.0
 ) -> MaskMetrics:
