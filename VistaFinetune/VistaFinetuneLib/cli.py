@@ -18,6 +18,7 @@ from VistaFinetuneLib.finetune.verdict import MIN_IMPROVEMENT
 from VistaFinetuneLib.review.confusion import misplaced
 
 DEMO_CASES = 10
+DEMO_VAL_CASES = 3
 DEMO_EPOCHS = 8
 DEMO_LEARNING_RATE = 0.002
 
@@ -79,14 +80,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{record['best_val_mean_dice']:.3f}); has never been taught the {untaught[0]} (class {untaught[1]})."
     )
     spec = synthetic.PhantomSpec(label_values={known[0]: 1, untaught[0]: 2})
-    synthetic.write_dataset(out_dir / "dataset", DEMO_CASES, seed=7, spec=spec)
+    items = synthetic.write_dataset(out_dir / "dataset", DEMO_CASES, seed=7, spec=spec)
+    datalist = out_dir / "dataset" / "datalist.json"  # the first DEMO_VAL_CASES validate: enough for an interval
+    folds = [{**item, "fold": 0 if index < DEMO_VAL_CASES else 1} for index, item in enumerate(items)]
+    datalist.write_text(json.dumps({"training": folds}, indent=2) + "\n")
     print(
-        f"Synthetic CT dataset: {DEMO_CASES} cases in {out_dir / 'dataset'} (label 1 = {known[0]}, 2 = {untaught[0]})"
+        f"Synthetic CT dataset: {DEMO_CASES} cases ({DEMO_VAL_CASES} for validation) in {out_dir / 'dataset'} "
+        f"(label 1 = {known[0]}, 2 = {untaught[0]})"
     )
     print(f"Finetuning (class prompts) with label mapping [[1, {known[1]}], [2, {untaught[1]}]] through the bundle ...")
     request = FinetuneRequest(
         output_dir=out_dir / "run",
         dataset_dir=out_dir / "dataset",
+        datalist=datalist,
         bundle_dir=bundle,
         label_mapping=json.dumps([[1, known[1]], [2, untaught[1]]]),
         epochs=DEMO_EPOCHS,
