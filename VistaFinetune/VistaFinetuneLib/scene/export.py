@@ -1,0 +1,196 @@
+"""Export (volume, segmentation) pairs from the scene into a training set the engine reads.
+
+For each case: ``imagesTr/NAME.nii.gz`` (the volume as it is) and ``labelsTr/NAME.nii.gz`` (the mapped segments
+as VISTA3D class ids on the volume's exact grid; a segmentation on another grid is resampled onto it by Slicer's
+segmentation logic), plus ``datalist.json`` (fold 0 = the cases the user chose for validation) and
+``export.json`` (which node became which file, the mapping, the overlap rule). Label values are the class ids
+themselves, so the bundle's ``label_mappings`` is the identity on them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+from vtkmodules.util import numpy_support
+
+from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.run_files import write_json_atomic
+from VistaFinetuneLib.scene import nodes
+from VistaFinetuneLib.scene.mapping import ClassChoice, check_mapping, collect_segments, label_mappings
+
+OVERLAP_RULE = (
+    "Where segments overlap, a voxel takes the class of the smallest segment (fewest voxels on the volume's "
+    "grid; ties go to the segment listed later), so a lesion drawn inside its organ stays a lesion."
+)
+
+
+@dataclass(frozen=True)
+class ExportCase:
+    """A volume, the segmentation drawn on it (None: not chosen yet) and whether it validates or trains."""
+
+    volume: slicer.vtkMRMLScalarVolumeNode
+    segmentation: slicer.vtkMRMLSegmentationNode | None
+    validation: bool
+
+
+@dataclass(frozen=True)
+class ExportedCase:
+    """One written case."""
+
+    name: str
+    image: Path
+    label: Path
+    fold: int
+    voxels_per_class: dict[int, int]
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """What an export wrote, and how to start a finetune on it."""
+
+    dataset_dir: Path
+    datalist: Path
+    label_mappings: list[list[int]]
+    cases: list[ExportedCase]
+    warnings: list[str] = field(default_factory=list)
+
+    def finetune_arguments(self) -> list[str]:
+        """The ``vista-finetune finetune`` arguments that train on this export."""
+        return ["--datalist", str(self.datalist), "--label-mapping", json.dumps(self.label_mappings)]
+
+
+def _case_names(cases: list[ExportCase]) -> list[str]:
+    """File-safe, unique case names from the volume node names."""
+    names: list[str] = []
+    for case in cases:
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", case.volume.GetName()).strip("_") or "case"
+        name, suffix = base, 2
+        while name in names:
+            name, suffix = f"{base}_{suffix}", suffix + 1
+        names.append(name)
+    return names
+
+
+def _check_cases(cases: list[ExportCase]) -> None:
+    if not cases:
+        raise UserError("no cases chosen: pick at least one volume with its segmentation")
+    for case in cases:
+        if case.volume.GetParentTransformNode() is not None:
+            raise UserError(
+                f'volume "{case.volume.GetName()}" is under the transform '
+                f'"{case.volume.GetParentTransformNode().GetName()}"; harden it (or remove it) before exporting, '
+                "so that the exported file has the geometry you see"
+            )
+        if case.segmentation is None:
+            raise UserError(
+                f'volume "{case.volume.GetName()}" has no segmentation; choose the segmentation drawn on it, '
+                "or leave the volume out"
+            )
+    if all(case.validation for case in cases) or not any(case.validation for case in cases):
+        raise UserError(
+            f"{sum(c.validation for c in cases)} of {len(cases)} cases are marked for validation; the bundle needs "
+            "at least one validation case and one training case"
+        )
+
+
+def segment_voxels(segmentation: slicer.vtkMRMLSegmentationNode, segment_id: str) -> int:
+    """How many voxels the segment holds on its own grid."""
+    image = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation, segment_id, image)
+    scalars = image.GetPointData().GetScalars()
+    return 0 if scalars is None else int(np.count_nonzero(numpy_support.vtk_to_numpy(scalars)))
+
+
+def segment_mask(
+    segmentation: slicer.vtkMRMLSegmentationNode, segment_id: str, volume: slicer.vtkMRMLScalarVolumeNode
+) -> np.ndarray:
+    """The segment as a boolean ``[i, j, k]`` mask on the volume's grid (resampled when its grid differs)."""
+    scene = segmentation.GetScene()
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "VistaFinetune export (temporary)")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        done = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation, ids, labelmap, volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+        )
+        if not done:
+            raise UserError(
+                f'segmentation "{segmentation.GetName()}": segment {segment_id} could not be exported onto '
+                f'volume "{volume.GetName()}"'
+            )
+        return nodes.voxels(labelmap) > 0
+    finally:
+        display = labelmap.GetDisplayNode()
+        scene.RemoveNode(labelmap)
+        if display is not None:
+            scene.RemoveNode(display)
+
+
+def case_labels(case: ExportCase, choices: dict[str, ClassChoice]) -> np.ndarray:
+    """The case's mapped segments as class ids on the volume's grid (uint8, ``[i, j, k]``), overlap rule applied."""
+    segmentation, volume = case.segmentation, case.volume
+    where = f'segmentation "{segmentation.GetName()}" (volume "{volume.GetName()}")'
+    refs = collect_segments([segmentation])
+    if not refs or all(segment_voxels(segmentation, ref.segment_id) == 0 for ref in refs):
+        raise UserError(f"{where} is empty: it has no segment with any voxel painted")
+    mapped = [ref for ref in refs if choices[ref.name].class_id is not None]
+    painted = [ref for ref in mapped if segment_voxels(segmentation, ref.segment_id) > 0]
+    if not painted:
+        raise UserError(f"{where} holds none of the mapped segments (its segments: {[r.name for r in refs]})")
+    masks = [(ref, segment_mask(segmentation, ref.segment_id, volume)) for ref in painted]
+    if not any(mask.any() for _, mask in masks):
+        raise UserError(f"{where} does not overlap its volume: none of its painted voxels lie inside the volume")
+    shape = nodes.voxels(volume).shape
+    labels = np.zeros(shape, dtype=np.uint8)
+    order = sorted(range(len(masks)), key=lambda i: (-int(masks[i][1].sum()), i))
+    for index in order:
+        ref, mask = masks[index]
+        labels[mask] = choices[ref.name].class_id
+    return labels
+
+
+def export_training_set(
+    cases: list[ExportCase], choices: dict[str, ClassChoice], catalog: LabelCatalog, dataset_dir: Path
+) -> TrainingSet:
+    """Write every case, the datalist and the manifest into ``dataset_dir`` (a new or empty folder)."""
+    dataset_dir = Path(dataset_dir).absolute()
+    if dataset_dir.exists() and any(dataset_dir.iterdir()):
+        raise UserError(f"{dataset_dir}: the folder already holds files; export into a new folder")
+    _check_cases(cases)
+    warnings = check_mapping(collect_segments([c.segmentation for c in cases]), choices, catalog)
+    exported, items = [], []
+    for name, case in zip(_case_names(cases), cases, strict=True):
+        labels = case_labels(case, choices)
+        image = nodes.write_nifti(case.volume, dataset_dir / "imagesTr" / f"{name}.nii.gz")
+        labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+        nodes.set_voxels(labelmap, labels, nodes.ijk_to_ras(case.volume))
+        label = nodes.write_nifti(labelmap, dataset_dir / "labelsTr" / f"{name}.nii.gz")
+        values, counts = np.unique(labels[labels > 0], return_counts=True)
+        fold = 0 if case.validation else 1
+        voxels = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        exported.append(ExportedCase(name, image, label, fold, voxels))
+        items.append({"image": f"imagesTr/{name}.nii.gz", "label": f"labelsTr/{name}.nii.gz", "fold": fold})
+    datalist = dataset_dir / "datalist.json"
+    write_json_atomic(datalist, {"training": items})
+    pairs = label_mappings(choices)
+    manifest = {
+        "cases": [
+            {"name": e.name, "volume": c.volume.GetName(), "segmentation": c.segmentation.GetName(), "fold": e.fold,
+             "voxels_per_class": {str(k): v for k, v in e.voxels_per_class.items()}}
+            for e, c in zip(exported, cases, strict=True)
+        ],
+        "mapping": {name: {"class_id": ch.class_id, "class_name": catalog.name(ch.class_id) if ch.class_id else None,
+                           "source": ch.source, "note": ch.note} for name, ch in choices.items()},
+        "label_mappings": pairs,
+        "overlap_rule": OVERLAP_RULE,
+        "warnings": warnings,
+    }  # fmt: skip
+    write_json_atomic(dataset_dir / "export.json", manifest)
+    return TrainingSet(dataset_dir, datalist, pairs, exported, warnings)
