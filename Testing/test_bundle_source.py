@@ -38,11 +38,11 @@ def test_info_on_the_tiny_bundle(tiny_bundle_dir, capsys):
     assert info["weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert info["weights"]["size_bytes"] == weights.stat().st_size
     assert info["labels"]["classes"] == 132 and info["labels"]["source"].endswith("configs/metadata.json")
-    assert info["ctmr"] is False and info["image_key_needed"] is False
+    assert info["ctmr"] is False and info["image_key_needed"] is False and info["variant"]["key"] == "tiny"
     assert info["monai_version"]["required"] == "1.4.0"
     assert main(["bundle", "info", str(tiny_bundle_dir)]) == 0
     out = capsys.readouterr().out
-    assert info["weights"]["sha256"] in out and "132 classes" in out and "ctmr         no" in out
+    assert info["weights"]["sha256"] in out and "132 classes" in out and "variant      VistaFinetune tiny" in out
     assert tree_digest(tiny_bundle_dir) == before  # info never writes into the bundle
 
 
@@ -59,11 +59,11 @@ def test_info_on_a_ctmr_style_bundle_without_weights(tmp_path, capsys):
     )
     before = tree_digest(tmp_path)
     info = bundle_info(tmp_path)
-    assert info["ctmr"] is True and "345 classes" in info["ctmr_reason"]
+    assert info["ctmr"] is True and "channel count (345 classes)" in info["variant"]["reasons"][0]
     assert info["labels"]["classes"] == 345 and info["weights"] is None
     assert main(["bundle", "info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "weights      missing" in out and "image_key needed" in out
+    assert "weights      missing" in out and "free ids     none:" in out
     assert tree_digest(tmp_path) == before
 
 

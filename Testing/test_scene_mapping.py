@@ -61,6 +61,15 @@ def test_each_new_structure_gets_its_own_free_id():
     assert [c.class_id for c in choices.values()] == [133, 134, 135]
 
 
+def test_a_new_structure_on_the_ctmr_model_is_refused_because_it_has_no_free_ids(tmp_path):
+    from variant_bundles import write_nv_segment_ctmr
+
+    ctmr = LabelCatalog.from_bundle(write_nv_segment_ctmr(tmp_path / "NV-Segment-CTMR"))
+    assert ctmr.free_ids() == []
+    with pytest.raises(UserError, match='segment "Tumor 1" needs an id for a new structure: none'):
+        suggest_mapping(collect_segments(segmentations(["Spleen", "Tumor 1"])), ctmr)
+
+
 def test_a_terminology_entry_identifies_a_generically_named_segment():
     nodes = segmentations(["Segment_1"], terminology={"Segment_1": KIDNEY_LEFT_ENTRY})
     choice = suggest_mapping(collect_segments(nodes), CATALOG)["Segment_1"]

@@ -970,6 +970,7 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
         ui.openReviewButton.click()
         self.assertEqual(ui.reviewCaseComboBox.count, 1)
         ui.loadReviewButton.click()
+        self.assertTrue(self.waitFor(lambda: widget.pendingReview is None, 600))  # the warm worker predicts the case
         self.assertTrue(
             ui.reviewStatusLabel.text.startswith(ui.reviewCaseComboBox.currentText), ui.reviewStatusLabel.text
         )

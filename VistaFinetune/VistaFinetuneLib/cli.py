@@ -18,6 +18,7 @@ from VistaFinetuneLib.finetune.verdict import MIN_IMPROVEMENT
 from VistaFinetuneLib.review.confusion import misplaced
 
 DEMO_CASES = 10
+DEMO_VAL_CASES = 3
 DEMO_EPOCHS = 8
 DEMO_LEARNING_RATE = 0.002
 
@@ -79,14 +80,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{record['best_val_mean_dice']:.3f}); has never been taught the {untaught[0]} (class {untaught[1]})."
     )
     spec = synthetic.PhantomSpec(label_values={known[0]: 1, untaught[0]: 2})
-    synthetic.write_dataset(out_dir / "dataset", DEMO_CASES, seed=7, spec=spec)
+    items = synthetic.write_dataset(out_dir / "dataset", DEMO_CASES, seed=7, spec=spec)
+    datalist = out_dir / "dataset" / "datalist.json"  # the first DEMO_VAL_CASES validate: enough for an interval
+    folds = [{**item, "fold": 0 if index < DEMO_VAL_CASES else 1} for index, item in enumerate(items)]
+    datalist.write_text(json.dumps({"training": folds}, indent=2) + "\n")
     print(
-        f"Synthetic CT dataset: {DEMO_CASES} cases in {out_dir / 'dataset'} (label 1 = {known[0]}, 2 = {untaught[0]})"
+        f"Synthetic CT dataset: {DEMO_CASES} cases ({DEMO_VAL_CASES} for validation) in {out_dir / 'dataset'} "
+        f"(label 1 = {known[0]}, 2 = {untaught[0]})"
     )
     print(f"Finetuning (class prompts) with label mapping [[1, {known[1]}], [2, {untaught[1]}]] through the bundle ...")
     request = FinetuneRequest(
         output_dir=out_dir / "run",
         dataset_dir=out_dir / "dataset",
+        datalist=datalist,
         bundle_dir=bundle,
         label_mapping=json.dumps([[1, known[1]], [2, untaught[1]]]),
         epochs=DEMO_EPOCHS,
@@ -149,6 +155,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         prepare_only=args.prepare_only,
         min_improvement=args.min_improvement,
         argv=sys.argv[1:],
+        unmapped=args.unmapped,
+        classes=args.classes,
     )
     result = run_with_progress(request)
     if result["status"] == "prepared":
@@ -181,6 +189,12 @@ def print_summary(result: dict) -> None:
         print(f"error: {result['error']}")
     mapping = ", ".join(f"{a}->{b}" for a, b in result["input"]["label_mappings"]["default"])
     print(f"label mapping (label value -> VISTA3D id): {mapping}")
+    dropped = result["input"].get("label_mapping_resolution", {}).get("unmapped")
+    if dropped and dropped["values_set_to_background"]:
+        print(
+            f"set to background: label value(s) {dropped['values_set_to_background']} in "
+            f"{dropped['relabelled_cases']} case(s), staged copies in {dropped['staged_labels_dir']}"
+        )
     print(f"training-time validation Dice per epoch: {', '.join(score(v) for v in out['val_dice_per_epoch'])}")
     if out["formal_eval_enabled"]:
         print(
@@ -198,24 +212,31 @@ def print_summary(result: dict) -> None:
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
-    """List or search the bundle's classes; suggest ids for free-text names."""
+    """List or search the bundle's classes; resolve free-text names to ids; list the free ids."""
+    from VistaFinetuneLib.bundle.labels import ResolveError
+
     bundle = Path(args.bundle_dir) if args.bundle_dir else tiny_bundle.TEMPLATE_DIR
     catalog = LabelCatalog.from_bundle(bundle)
     if args.free:
-        free = catalog.free_ids()
-        runs: list[list[int]] = []
-        for class_id in free:
-            if runs and class_id == runs[-1][-1] + 1:
-                runs[-1].append(class_id)
-            else:
-                runs.append([class_id])
-        ranges = ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) or "none"
-        print(f"{len(free)} ids the table leaves free for new structures: {ranges}")
+        print(f"{len(catalog.free_ids())} ids the table leaves free for new structures: {catalog.free_ids_text()}")
         return 0
     if args.resolve:
+        results = []
         for text in args.resolve:
-            class_id = catalog.resolve(text)
-            print(f"{text!r} -> {class_id}: {catalog.name(class_id)}")
+            try:
+                results.append(catalog.resolve_name(text).to_json())
+            except ResolveError as error:
+                if not args.json:
+                    raise
+                results.append(error.to_json())
+        if args.json:
+            table = {"bundle": str(bundle), "variant": catalog.variant, "table": catalog.source}
+            print(json.dumps(table | {"results": results}, indent=2))
+            return 0 if all(r["id"] is not None for r in results) else 1
+        for result in results:
+            print(f"{result['text']!r} -> {result['id']}: {result['name']}")
+            if result["note"]:
+                print(f"  note: {result['note']}")
         return 0
     query = " ".join(args.query)
     found = catalog.search(query)
@@ -567,6 +588,15 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--datalist", help="datalist JSON: training items with image, label and fold")
     finetune.add_argument("--target-anatomy", help="VISTA3D class for the single label value, by name")
     finetune.add_argument("--label-mapping", help="JSON pairs [[label value, VISTA3D id], ...]")
+    finetune.add_argument(
+        "--classes", help="dataset.json label names to finetune, e.g. liver,spleen (mapped by name to VISTA3D ids)"
+    )
+    finetune.add_argument(
+        "--unmapped",
+        choices=["refuse", "background"],
+        default="refuse",
+        help="label values the mapping leaves out: refuse (default), or set them to 0 in copies in the run folder",
+    )
     finetune.add_argument("--patch-size", type=parse_patch, help="training patch, e.g. '[128,128,128]'")
     finetune.add_argument("--epochs", type=int)
     finetune.add_argument("--learning-rate", type=float)
@@ -592,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--resolve", action="append", help="resolve a free-text name to one id (repeatable)")
     labels.add_argument("--free", action="store_true", help="the ids a brand-new structure can map to")
     labels.add_argument("--bundle-dir", help="bundle folder (default: the tiny reference bundle's CT table)")
+    labels.add_argument("--json", action="store_true", help="with --resolve: results as JSON (exit 1 if any fail)")
     labels.set_defaults(handler=cmd_labels)
 
     review = commands.add_parser("review", help="per-case/per-class metrics, pictures and an HTML report")

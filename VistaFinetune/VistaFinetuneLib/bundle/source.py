@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.bundle.variant import identify_variant
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.run_files import read_user_json
 
@@ -35,7 +36,6 @@ CONFIGS = {
     "metadata": "configs/metadata.json",
     "label_dict": "configs/label_dict.json",
 }
-CT_CLASSES = 132  # VISTA3D CT ids 1..132; more classes (or dict-valued label_dict entries) means CTMR
 # monai 1.4.0's monaihosting model_info lists vista3d 0.4.1..0.5.4 (later versions moved to Hugging Face).
 VISTA3D_NGC_RANGE = ("0.4.1", "0.5.4")
 
@@ -244,21 +244,6 @@ def download_bundle(name: str, dest_dir: Path, version: str | None = None, log: 
     return final
 
 
-def _ctmr(bundle: Path, meta: dict) -> tuple[bool, str]:
-    """Whether this is a CTMR bundle (its train/evaluate configs need ``image_key``), and why."""
-    channel_def = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def")
-    if isinstance(channel_def, dict):
-        count = sum(1 for key in channel_def if str(key).strip() not in ("", "0"))
-        if count > CT_CLASSES:
-            return True, f"channel_def has {count} classes (> {CT_CLASSES})"
-    label_dict = bundle / CONFIGS["label_dict"]
-    if label_dict.is_file():
-        table = read_user_json(label_dict, "label table")
-        if isinstance(table, dict) and any(isinstance(v, dict) for v in table.values()):
-            return True, "label_dict.json entries are objects (CTMR format)"
-    return False, f"at most {CT_CLASSES} classes"
-
-
 def bundle_info(bundle_dir: Path) -> dict:
     """Describe a bundle folder without writing to it: configs, weights checksum, label table, monai, CTMR."""
     bundle = Path(bundle_dir).absolute()
@@ -270,16 +255,25 @@ def bundle_info(bundle_dir: Path) -> dict:
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: not a JSON object")
     weights = next((bundle / p for p in (WEIGHTS, HF_WEIGHTS) if (bundle / p).is_file()), None)
+    variant = identify_variant(bundle)
     try:
         catalog = LabelCatalog.from_bundle(bundle)
-        labels = {"source": catalog.source, "classes": len(catalog.classes), "error": None}
+        labels = {
+            "source": catalog.source,
+            "classes": len(catalog.classes),
+            "deprecated": [c.id for c in catalog.classes.values() if c.deprecated],
+            "free_ids": catalog.free_ids(),
+            "free_ids_text": catalog.free_ids_text(),
+            "notes": catalog.notes,
+            "error": None,
+        }
     except UserError as error:
-        labels = {"source": None, "classes": 0, "error": str(error)}
+        labels = {"source": None, "classes": 0, "deprecated": [], "free_ids": [], "free_ids_text": None,
+                  "notes": [], "error": str(error)}  # fmt: skip
     try:
         installed = metadata.version("monai")
     except metadata.PackageNotFoundError:
         installed = None
-    ctmr, why = _ctmr(bundle, meta)
     download = bundle / "download.json"
     return {
         "path": str(bundle),
@@ -295,9 +289,9 @@ def bundle_info(bundle_dir: Path) -> dict:
         },
         "labels": labels,
         "monai_version": {"required": meta.get("monai_version"), "installed": installed},
-        "ctmr": ctmr,
-        "ctmr_reason": why,
-        "image_key_needed": ctmr,
+        "variant": variant.to_json(),
+        "ctmr": variant.family.name == "CT+MR",
+        "image_key_needed": variant.image_key_needed,
         "download": read_user_json(download, "download record") if download.is_file() else None,
     }
 
@@ -320,10 +314,28 @@ def format_info(info: dict) -> list[str]:
         if labels["error"] is None
         else f"labels       none: {labels['error']}",
         f"monai        required {monai_v['required'] or 'unstated'}, installed {monai_v['installed'] or 'none'}",
-        f"ctmr         {'yes: image_key needed' if info['ctmr'] else 'no'} ({info['ctmr_reason']})",
     ]
+    lines += _variant_lines(info)
     download = info["download"]
     if download:
         pin = "pinned" if download.get("pinned") else "UNPINNED (moving branch)"
         lines.append(f"download     {download.get('source')} {download.get('version')} ({pin})")
+    return lines
+
+
+def _variant_lines(info: dict) -> list[str]:
+    """What ``bundle info`` says about the variant, the label table it resolves names against, and free ids."""
+    variant, labels = info["variant"], info["labels"]
+    lines = [f"variant      {variant['title']}: {variant['model_classes']} {variant['family']} classes, because"]
+    lines += [f"               - {reason}" for reason in variant["reasons"]]
+    if labels["error"] is None:
+        lines.append(f"free ids     {labels['free_ids_text']}")
+        if labels["deprecated"]:
+            lines.append(f"deprecated   {', '.join(map(str, labels['deprecated']))} (never suggested)")
+    if variant["modalities"]:
+        lines.append(
+            f"modality     {' | '.join(variant['modalities'])} (inference.json default {variant['default_modality']})"
+        )
+    needed = "needed: train.json/evaluate.json use @image_key without defining it" if info["image_key_needed"] else "no"
+    lines.append(f"image_key    {needed}")
     return lines

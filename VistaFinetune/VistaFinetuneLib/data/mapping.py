@@ -28,18 +28,32 @@ def parse_mapping(text: str) -> list[list[int]]:
 
 def mapping_for_anatomy(text: str, catalog: LabelCatalog, label_values: list[int]) -> tuple[list[list[int]], dict]:
     """``--target-anatomy``: one foreground value in the labels, mapped to the class the name resolves to."""
-    class_id = catalog.resolve(text)
+    resolved = catalog.resolve_name(text)
+    class_id = resolved.id
     if len(label_values) != 1:
         raise UserError(
             f"--target-anatomy {text!r}: the labels hold {len(label_values)} foreground values {label_values}; "
             f"say which one is {catalog.name(class_id)!r} with --label-mapping '[[value, {class_id}]]'"
         )
-    resolution = {"text": text, "class_id": class_id, "class_name": catalog.name(class_id), "source": catalog.source}
+    resolution = {"text": text, "class_id": class_id, "class_name": resolved.name, "source": catalog.source}
+    if resolved.note:
+        resolution["note"] = resolved.note
     return [[label_values[0], class_id]], resolution
 
 
-def check_mapping(pairs: list[list[int]], label_values: list[int], catalog: LabelCatalog | None) -> list[str]:
-    """Refuse mappings the bundle would mistrain on; return warnings worth recording."""
+UNMAPPED_POLICIES = ("refuse", "background")
+
+
+def check_mapping(
+    pairs: list[list[int]], label_values: list[int], catalog: LabelCatalog | None, unmapped: str = "refuse"
+) -> list[str]:
+    """Refuse mappings the bundle would mistrain on; return warnings worth recording.
+
+    Label values the mapping leaves out are refused, unless ``unmapped`` is "background" (the caller then stages
+    copies of the labels with those values set to 0, see :mod:`data.relabel`).
+    """
+    if unmapped not in UNMAPPED_POLICIES:
+        raise UserError(f"--unmapped {unmapped!r}: choose {' or '.join(UNMAPPED_POLICIES)}")
     sources = [a for a, _ in pairs]
     targets = [b for _, b in pairs]
     duplicates = sorted({a for a in sources if sources.count(a) > 1})
@@ -62,14 +76,17 @@ def check_mapping(pairs: list[list[int]], label_values: list[int], catalog: Labe
             f"label mapping: label value(s) {absent} occur in none of the training labels "
             f"(values present: {label_values})"
         )
-    unmapped = [v for v in label_values if v not in sources]
-    if unmapped:
-        raise UserError(
-            f"label mapping: the labels also hold value(s) {unmapped}, which the mapping leaves out; the bundle "
-            "would pass them through as VISTA3D ids. Add a [label value, VISTA3D id] pair for each of them "
-            "(`vista-finetune labels SEARCH` finds ids), or remove them from the labels"
-        )
+    left_out = [v for v in label_values if v not in sources]
     warnings = []
+    if left_out and unmapped == "refuse":
+        raise UserError(
+            f"label mapping: the labels also hold value(s) {left_out}, which the mapping leaves out; the bundle "
+            "would pass them through as VISTA3D ids. Add a [label value, VISTA3D id] pair for each of them "
+            "(`vista-finetune labels SEARCH` finds ids), or pass --unmapped background to train on copies of the "
+            "labels with those values set to background (your files are not changed)"
+        )
+    if left_out:
+        warnings.append(f"label value(s) {left_out} are not mapped: set to background (0) in staged copies")
     if catalog is not None:
         for source, target in pairs:
             if target not in catalog.classes:
@@ -78,5 +95,9 @@ def check_mapping(pairs: list[list[int]], label_values: list[int], catalog: Labe
                     "a new class, learned from scratch; the stock inference.json needs point prompts for it"
                 )
             elif catalog.classes[target].deprecated:
-                warnings.append(f"label value {source} maps to {catalog.classes[target]}, a deprecated class")
+                instead = ", ".join(str(c) for c in catalog.counterparts(catalog.classes[target]))
+                warnings.append(
+                    f"label value {source} maps to {catalog.classes[target]}, a deprecated class the bundle's "
+                    "inference refuses as a class prompt" + (f"; supported counterpart: {instead}" if instead else "")
+                )
     return warnings

@@ -25,7 +25,8 @@ from VistaFinetuneLib.bundle.compat import compatibility_overrides, installed_mo
 from VistaFinetuneLib.bundle.labels import LabelCatalog
 from VistaFinetuneLib.bundle.runner import BundleRun
 from VistaFinetuneLib.bundle.source import sha256_file
-from VistaFinetuneLib.data import dataset, synthetic
+from VistaFinetuneLib.bundle.variant import identify_variant
+from VistaFinetuneLib.data import dataset, label_names, relabel, synthetic
 from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_mapping
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.finetune import checkpoints, staging
@@ -71,6 +72,8 @@ class FinetuneRequest:
     prepare_only: bool = False
     min_improvement: float = MIN_IMPROVEMENT
     argv: list[str] = field(default_factory=list)
+    unmapped: str = "refuse"  # or "background": unmapped label values become 0 in staged copies
+    classes: str | None = None  # comma-separated dataset.json label names to finetune
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -110,6 +113,7 @@ def check_bundle(bundle_dir: Path, formal: bool) -> dict:
         "path": str(bundle_dir),
         "name": str(meta.get("name") or bundle_dir.name),
         "version": None if meta.get("version") is None else str(meta["version"]),
+        "variant": identify_variant(bundle_dir).key,  # which model's label table the names resolve against
         "configs_sha256": configs.hexdigest(),
         "weights_sha256": sha256_file(weights),
     }
@@ -157,15 +161,23 @@ def load_cases(request: FinetuneRequest, run_dir: Path) -> tuple[list[dataset.Ca
 def resolve_mapping(
     request: FinetuneRequest, catalog: LabelCatalog | None, label_values: list[int]
 ) -> tuple[list[list[int]], dict]:
-    """The label mapping from the flags, the preset, or (smoke on the synthetic fixture) its known classes."""
+    """The label mapping from the flags, dataset.json's label names, the preset, or (smoke on the synthetic
+    fixture) its known classes."""
+    if request.classes is not None and (request.label_mapping is not None or request.target_anatomy is not None):
+        raise UserError("--classes picks among dataset.json's label names; give it or --label-mapping/--target-anatomy")
     if request.label_mapping is not None:
         return parse_mapping(request.label_mapping), {"source": "--label-mapping"}
     if request.target_anatomy is not None:
         if catalog is None:
             raise UserError("--target-anatomy needs the bundle's label table, which was not found")
         return mapping_for_anatomy(request.target_anatomy, catalog, label_values)
-    if request.sanity:
+    if request.sanity and request.classes is None:
         return SANITY_MAPPING, {"source": "--sanity preset (MSD Task06 lung tumour)"}
+    named = label_names.find_label_names(request.dataset_dir, request.datalist)
+    if named is not None and catalog is not None:
+        return label_names.mapping_from_names(*named, catalog, label_values, request.classes)
+    if request.classes is not None:
+        raise UserError("--classes: no MSD-style dataset.json with label names in the dataset folder or datalist")
     if request.smoke and request.dataset_dir is None and request.datalist is None:
         return SMOKE_MAPPING, {"source": "--smoke preset (synthetic liver, spleen, left kidney)"}
     raise UserError(
@@ -294,7 +306,12 @@ def stage_run(request: FinetuneRequest, run_dir: Path) -> StagedRun:
     cases, datalist, source = load_cases(request, run_dir)
     audit = dataset.audit_cases(cases)
     mapping, resolution = resolve_mapping(request, catalog, audit.label_values)
-    warnings = check_mapping(mapping, audit.label_values, catalog)
+    warnings = check_mapping(mapping, audit.label_values, catalog, request.unmapped)
+    if request.unmapped == "background":  # relabelled copies in the run folder; the user's labels stay as they are
+        labels_dir = run_dir / "dataset" / "labels"
+        cases, resolution["unmapped"] = relabel.stage_background(cases, audit, [a for a, _ in mapping], labels_dir)
+    if request.resume:  # what was dropped (and how the mapping was found) is known from the first start
+        resolution = read_json(run_dir / "run.json").get("label_mapping_resolution", resolution)
     datalist.parent.mkdir(parents=True, exist_ok=True)
     dataset.write_datalist(cases, datalist)
     env = environment.probe(request.device)
@@ -374,6 +391,7 @@ def write_run_record(staged: StagedRun, previous: dict) -> None:
         "config_overrides": [str(p.absolute()) for p in request.config_overrides],
         "label_mapping": json.dumps(staged.mapping),
         "target_anatomy": None,
+        "classes": None,
         "resume": False,
         "prepare_only": False,
     }
@@ -384,6 +402,7 @@ def write_run_record(staged: StagedRun, previous: dict) -> None:
             "request_resolved": previous.get("request_resolved", resolved),
             "bundle": staged.bundle,
             "label_mappings": {"default": staged.mapping},
+            "label_mapping_resolution": staged.resolution,
             "plan": staged.plan.to_json(),
             "config_stacks": {k: [str(p) for p in v] for k, v in staged.stacks.items()},
         },

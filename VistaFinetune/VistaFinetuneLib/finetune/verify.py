@@ -197,13 +197,17 @@ def check_labels(run: RunRecord) -> TierResult:
     for source, target in mapping:
         if not (isinstance(target, int) and 1 <= target <= MAX_ID):
             problems.append(f"label value {source} maps to {target!r}, not a VISTA3D id in 1..{MAX_ID}")
+    # --unmapped background: values recorded as set to 0 in the run's staged copies of the labels
+    dropped = ((run.input.get("label_mapping_resolution") or {}).get("unmapped") or {}).get("values_set_to_background")
+    background = set(dropped or [])
     for value in values:
-        if value not in sources:
+        if value not in sources and value not in background:
             problems.append(f"label value {value} occurs in the data but is not in input.label_mappings.default")
     if problems:
         return TierResult("labels", False, f"{len(problems)} problem(s)", problems)
     pairs = ", ".join(f"{a}->{b}" for a, b in mapping)
-    return TierResult("labels", True, f"every label value {values} is mapped ({pairs})")
+    zeroed = f"; {sorted(background)} set to background in staged copies" if background else ""
+    return TierResult("labels", True, f"every label value {values} is mapped ({pairs}){zeroed}")
 
 
 def check_dataset(run: RunRecord) -> TierResult:

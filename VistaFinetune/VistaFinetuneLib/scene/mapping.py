@@ -16,7 +16,6 @@ from VistaFinetuneLib.bundle.labels import MAX_ID, LabelCatalog
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.scene.terminology import class_for_terminology
 
-FIRST_NEW_ID = 133  # ids 1..132 are VISTA3D's CT classes; new structures start here
 PARENT_CLASSES = {  # VISTA3D expands these into their parts (the bundle's "subclass" table)
     2: "left kidney (14) and right kidney (5)",
     20: "the five lung lobes (28-32)",
@@ -74,16 +73,19 @@ def suggest_choice(segment: SegmentRef, catalog: LabelCatalog) -> ClassChoice:
 
 
 def suggest_mapping(segments: list[SegmentRef], catalog: LabelCatalog) -> dict[str, ClassChoice]:
-    """A choice per distinct segment name; names nothing identifies get free ids >= 133, one each."""
+    """A choice per distinct segment name; names nothing identifies get the model's free ids (CT: 133 up), one each."""
     choices: dict[str, ClassChoice] = {}
     for segment in segments:
         if segment.name not in choices:
             choices[segment.name] = suggest_choice(segment, catalog)
     taken = {c.class_id for c in choices.values()}
-    free = (i for i in range(FIRST_NEW_ID, MAX_ID + 1) if i not in catalog.classes and i not in taken)
+    free = iter([i for i in catalog.free_ids() if i not in taken])
     for name, choice in choices.items():
         if choice.class_id is None and choice.source == "new structure":
-            choices[name] = ClassChoice(next(free), "new structure", choice.note)
+            class_id = next(free, None)
+            if class_id is None:
+                raise UserError(f'segment "{name}" needs an id for a new structure: {catalog.free_ids_text()}')
+            choices[name] = ClassChoice(class_id, "new structure", choice.note)
     return choices
 
 
