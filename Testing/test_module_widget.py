@@ -19,7 +19,7 @@ import pytest
 from slicer_app_standin import SlicerAppStandIn
 
 from VistaFinetuneLib.data import synthetic
-from VistaFinetuneLib.jobs import control
+from VistaFinetuneLib.jobs import control, processes
 
 pytestmark = pytest.mark.e2e
 
@@ -262,6 +262,7 @@ def addComparisonViews(scene) -> dict:
 def test_review_loads_the_case_side_by_side_and_a_row_click_centres_the_views(session):
     import numpy as np
 
+    from VistaFinetuneLib.panel.review_predictions import predictions_dir
     from VistaFinetuneLib.scene.predictions import class_segment_ids
 
     widget = session.widget
@@ -272,9 +273,10 @@ def test_review_loads_the_case_side_by_side_and_a_row_click_centres_the_views(se
     views = addComparisonViews(session.standIn.scene)
     ui.loadReviewButton.click()
     case = ui.reviewCaseComboBox.currentText
-    assert ui.reviewStatusLabel.text.startswith(f"{case}: pretrained | finetuned side by side"), (
-        ui.reviewStatusLabel.text
-    )
+    assert ui.reviewStatusLabel.text.startswith(f"Predicting {case}") and not ui.loadReviewButton.isEnabled()
+    assert session.standIn.processEventsUntil(lambda: widget.pendingReview is None, 300)  # the warm worker answers
+    status = ui.reviewStatusLabel.text
+    assert status.startswith(f"{case}: pretrained | finetuned side by side ("), status
     formal = json.loads((session.runDir / "output.json").read_text())["output"]["formal_dice"]
     liver = formal["pretrained"]["per_case"][case]["1"]
     assert ui.reviewTableWidget.rowCount() == 3
@@ -287,6 +289,11 @@ def test_review_loads_the_case_side_by_side_and_a_row_click_centres_the_views(se
         assert shownIn == {node.GetID() for view, node in views.values() if view.model == model}
     assert set(nodes["truth"].GetDisplayNode().GetViewNodeIDs()) == {node.GetID() for _, node in views.values()}
 
+    written = predictions_dir(session.runDir)
+    assert {p.relative_to(written).as_posix() for p in written.rglob("*.nii.gz")} == {
+        f"pretrained/{case}.nii.gz",
+        f"finetuned/{case}.nii.gz",
+    }  # the worker's outputs were loaded
     ui.reviewTableWidget.cellClicked.emit(2, 0)  # left kidney
     assert ui.reviewStatusLabel.text.startswith("Views centred on 14: left kidney"), ui.reviewStatusLabel.text
     centre = None
@@ -299,6 +306,9 @@ def test_review_loads_the_case_side_by_side_and_a_row_click_centres_the_views(se
         matrix = sliceNode.GetSliceToRAS()
         origin = np.array([matrix.GetElement(i, 3) for i in range(3)])
         assert np.allclose(origin, centre, atol=0.5)  # every view jumped to the kidney's centre
+    worker = widget.worker.pid
+    widget.cleanup()  # closing the module panel stops the worker
+    assert session.standIn.processEventsUntil(lambda: not processes.alive(worker), 30)
 
 
 def test_screenshot_with_every_section_open(session, tmp_path):

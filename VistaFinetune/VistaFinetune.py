@@ -96,7 +96,9 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.following = False
         self.sceneCases = []  # (volume, segmentation) pairs added from the scene; empty: a folder or datalist
         self.reviewRows = []  # the Review table's rows (ClassDice)
-        self.reviewScene = None  # the loaded case: its nodes  # a run is followed and has not finished
+        self.reviewScene = None  # the loaded case: its nodes
+        self.worker = None  # the warm worker's client (VistaFinetuneLib.interactive), started on first review
+        self.pendingReview = None  # (case, Ticket) while the worker predicts  # a run is followed and has not finished
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -147,6 +149,9 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self.timer is not None:
             self.timer.stop()
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
         self.removeObservers()
 
     def enter(self) -> None:
@@ -204,7 +209,9 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.setEnabled(running)
         self.ui.openReviewButton.setEnabled(self.results is not None)
         self.ui.openReportButton.setEnabled(self.results is not None and self.results.report_html is not None)
-        self.ui.loadReviewButton.setEnabled(self.results is not None and self.ui.reviewCaseComboBox.count > 0)
+        self.ui.loadReviewButton.setEnabled(
+            self.results is not None and self.ui.reviewCaseComboBox.count > 0 and self.pendingReview is None
+        )
 
     def showError(self, message: str) -> None:
         """The engine's message, in the status line and a dialog."""
@@ -572,6 +579,8 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.showCases(call.result)
         if self.setupJobDir is not None:
             self.pollSetupJob()
+        if self.pendingReview is not None:
+            self.pollReview()
         if self.following:
             view = self.controller.poll()
             self.showProgress(view)
@@ -580,7 +589,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if view.state == "failed":
                     self.showError(view.headline)
                 self.showResults()
-        if not self.pending and self.setupJobDir is None and not self.following:
+        if not self.pending and self.setupJobDir is None and self.pendingReview is None and not self.following:
             self.timer.stop()
         self.updateButtons()
 
@@ -653,22 +662,51 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self.results.report_html)))
 
     def onLoadReview(self) -> None:
+        """Ask the warm worker for the case's pretrained and finetuned predictions; the timer loads them."""
         from VistaFinetuneLib.errors import UserError
+        from VistaFinetuneLib.panel.review_predictions import request_case_predictions
 
         case = self.ui.reviewCaseComboBox.currentText
         self.reviewRows = self.results.per_case.get(case, [])
         self.fillDiceTable(self.ui.reviewTableWidget, self.reviewRows)
         self.reviewScene = None
         try:
-            self.reviewScene = self.logic.loadComparison(self.results, case)
+            if self.worker is None:
+                self.worker = self.logic.workerClient(self._parameterNode, self.results)
+            classIds = [row.class_id for row in self.results.per_class]
+            ticket = request_case_predictions(
+                self.worker, self.results.run_dir, case, self.results.case_images[case], classIds
+            )
+        except UserError as error:
+            self.ui.reviewStatusLabel.setText(str(error))
+            return
+        self.pendingReview = (case, ticket)
+        self.ui.loadReviewButton.setEnabled(False)
+        self.ui.reviewStatusLabel.setText(
+            _("Predicting {case} with the pretrained and the finetuned model ...").format(case=case)
+        )
+        self.timer.start()
+
+    def pollReview(self) -> None:
+        from VistaFinetuneLib.errors import UserError
+
+        case, ticket = self.pendingReview
+        if not ticket.done:
+            return
+        self.pendingReview = None
+        if ticket.error is not None:
+            self.ui.reviewStatusLabel.setText(_("The VISTA3D worker: {error}").format(error=ticket.error))
+            return
+        try:
+            self.reviewScene = self.logic.loadComparison(self.results, case, ticket.result)
             self.logic.showComparison(self.reviewScene)
         except UserError as error:
             loaded = _("Loaded {case}; ").format(case=case) if self.reviewScene else ""
             self.ui.reviewStatusLabel.setText(loaded + str(error))
             return
         self.ui.reviewStatusLabel.setText(
-            _("{case}: pretrained | finetuned side by side, ground truth outlined. Click a row to centre the views.")
-            .format(case=case)
+            _("{case}: pretrained | finetuned side by side ({seconds:.1f} s in the worker), ground truth outlined. "
+              "Click a row to centre the views.").format(case=case, seconds=ticket.seconds or 0.0)
         )  # fmt: skip
 
     def onReviewRowClicked(self, row: int, column: int) -> None:
@@ -752,15 +790,22 @@ class VistaFinetuneLogic(ScriptedLoadableModuleLogic):
 
         return Path(parameterNode.bundleDir) if parameterNode.bundleDir else RESOURCES / "TinyBundle"
 
-    def loadComparison(self, results, case: str) -> dict:
-        """Load a validation case, its ground truth and both predictions as nodes (scene logic)."""
-        from VistaFinetuneLib.panel.results import ground_truth_file, prediction_files
+    def workerClient(self, parameterNode, results):
+        """The warm worker's client in the job environment (the process starts with the first request)."""
+        from VistaFinetuneLib.interactive.worker_client import WorkerClient
+        from VistaFinetuneLib.panel.review_predictions import predictions_dir
+
+        python = parameterNode.jobPython or self.slicerPython()
+        return WorkerClient(python, results.bundle_dir, predictions_dir(results.run_dir))
+
+    def loadComparison(self, results, case: str, predictions: dict) -> dict:
+        """Load a validation case, its ground truth and both predictions (model -> file) as nodes (scene logic)."""
+        from VistaFinetuneLib.panel.results import ground_truth_file
         from VistaFinetuneLib.scene import nodes
         from VistaFinetuneLib.scene.predictions import ClassNaming, import_comparison, import_prediction
 
         scene = slicer.mrmlScene
         naming = ClassNaming(self.catalog(str(results.bundle_dir or "")))
-        predictions = prediction_files(results.run_dir, case)
         volume = nodes.read_volume(scene, results.case_images[case], case)
         truthFile = ground_truth_file(results.run_dir, case)
         truth = import_prediction(truthFile, volume, naming, f"{case} — ground truth") if truthFile else None
@@ -925,6 +970,7 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
         ui.openReviewButton.click()
         self.assertEqual(ui.reviewCaseComboBox.count, 1)
         ui.loadReviewButton.click()
+        self.assertTrue(self.waitFor(lambda: widget.pendingReview is None, 600))  # the warm worker predicts the case
         self.assertTrue(
             ui.reviewStatusLabel.text.startswith(ui.reviewCaseComboBox.currentText), ui.reviewStatusLabel.text
         )

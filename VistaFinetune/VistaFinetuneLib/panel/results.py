@@ -138,12 +138,3 @@ def ground_truth_file(run_dir: Path, case: str) -> Path | None:
     """The case's ground truth in VISTA3D class ids, written by the run's review (None before it ran)."""
     path = Path(run_dir) / "review" / "ground_truth" / f"{case}.nii.gz"
     return path if path.is_file() else None
-
-
-def prediction_files(run_dir: Path, case: str) -> dict[str, Path]:
-    """The formal evaluations' saved predictions of one validation case, per checkpoint; UserError if missing."""
-    files = {m: Path(run_dir) / f"eval_{m}" / case / f"{case}_trans.nii.gz" for m in ("pretrained", "finetuned")}
-    for path in files.values():
-        if not path.is_file():
-            raise UserError(f"{path}: no saved prediction for case {case} (did the formal evaluations run?)")
-    return files
