@@ -15,7 +15,8 @@ from vtkmodules.util import numpy_support
 
 from VistaFinetuneLib.data import synthetic
 from VistaFinetuneLib.data.geometry import ras_to_ijk
-from VistaFinetuneLib.scene.volume_grid import array_to_matrix, local_to_world, matrix_to_array, volume_world_affine
+from VistaFinetuneLib.scene.nodes import array_to_matrix, matrix_to_array
+from VistaFinetuneLib.scene.volume_grid import local_to_world, volume_world_affine
 
 SPEC = synthetic.PhantomSpec(shape=(56, 48, 30), spacing_mm=(2.2, 1.8, 3.4))
 

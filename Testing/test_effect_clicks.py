@@ -14,9 +14,10 @@ from effect_scene import build_effect_scene, oriented_volume_image, xy_of
 from VistaFinetuneLib.data.geometry import ijk_to_ras, ras_to_ijk
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.interactive.point_session import PointSession
+from VistaFinetuneLib.scene.nodes import matrix_to_array
 from VistaFinetuneLib.scene.prompt_points import PromptMarkers, click_to_prompt
 from VistaFinetuneLib.scene.segment_update import apply_with_editor_logic, changed_voxel_writes, segment_fingerprint
-from VistaFinetuneLib.scene.volume_grid import matrix_to_array, volume_world_affine
+from VistaFinetuneLib.scene.volume_grid import volume_world_affine
 
 pytestmark = pytest.mark.unit
 

@@ -18,7 +18,8 @@ import slicer
 import vtk
 from vtkmodules.util import numpy_support
 
-from VistaFinetuneLib.scene.volume_grid import array_to_matrix, local_to_world, matrix_to_array, volume_world_affine
+from VistaFinetuneLib.scene.nodes import array_to_matrix, matrix_to_array
+from VistaFinetuneLib.scene.volume_grid import local_to_world, volume_world_affine
 
 ADD = "add"
 REMOVE = "remove"

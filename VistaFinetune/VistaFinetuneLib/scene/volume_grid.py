@@ -11,20 +11,7 @@ import vtk
 from vtkmodules.util import numpy_support
 
 from VistaFinetuneLib.errors import UserError
-
-
-def matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    """A VTK 4x4 matrix as a numpy array."""
-    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
-
-
-def array_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
-    """A numpy 4x4 array as a VTK matrix."""
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for column in range(4):
-            matrix.SetElement(row, column, float(array[row, column]))
-    return matrix
+from VistaFinetuneLib.scene.nodes import matrix_to_array
 
 
 def local_to_world(node: slicer.vtkMRMLTransformableNode) -> np.ndarray:
