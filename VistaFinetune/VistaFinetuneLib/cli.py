@@ -154,6 +154,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         skip_review=args.skip_review,
         prepare_only=args.prepare_only,
         min_improvement=args.min_improvement,
+        class_names=args.class_names,
         argv=sys.argv[1:],
         unmapped=args.unmapped,
         classes=args.classes,
@@ -464,7 +465,7 @@ def prediction_inputs(args: argparse.Namespace) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment one image or a folder with the pretrained or a finetuned model; write labels and legends."""
-    from VistaFinetuneLib.inference.models import parse_class_names
+    from VistaFinetuneLib.data.mapping import parse_class_names
     from VistaFinetuneLib.inference.outputs import image_stem
     from VistaFinetuneLib.inference.predictor import Predictor
     from VistaFinetuneLib.inference.segment import SegmentRequest, segment
@@ -607,6 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     finetune.add_argument("--prepare-only", action="store_true", help="stage the run and print commands to run it")
     finetune.add_argument("--skip-review", action="store_true", help="no review after the formal evaluations")
+    finetune.add_argument(
+        "--class-names",
+        help='JSON {"VISTA3D id": "your name"} for mapped classes, e.g. \'{"133": "Tumor 1"}\' (kept for prediction)',
+    )
     finetune.add_argument(
         "--min-improvement",
         type=float,
