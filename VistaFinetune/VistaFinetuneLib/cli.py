@@ -88,13 +88,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Synthetic CT dataset: {DEMO_CASES} cases ({DEMO_VAL_CASES} for validation) in {out_dir / 'dataset'} "
         f"(label 1 = {known[0]}, 2 = {untaught[0]})"
     )
-    print(f"Finetuning (class prompts) with label mapping [[1, {known[1]}], [2, {untaught[1]}]] through the bundle ...")
+    print(
+        f"Finetuning (class prompts) the {untaught[0]} with label mapping [[2, {untaught[1]}]] through the bundle "
+        f"(--unmapped background: the {known[0]} label is set to 0 in staged copies) ..."
+    )
     request = FinetuneRequest(
         output_dir=out_dir / "run",
         dataset_dir=out_dir / "dataset",
         datalist=datalist,
         bundle_dir=bundle,
-        label_mapping=json.dumps([[1, known[1]], [2, untaught[1]]]),
+        label_mapping=json.dumps([[2, untaught[1]]]),
+        unmapped="background",
         epochs=DEMO_EPOCHS,
         learning_rate=DEMO_LEARNING_RATE,
         auto_seg=True,  # class prompts only: what the formal evaluation scores
