@@ -281,3 +281,23 @@ def test_check_bundle_reads_metadata_and_names_a_broken_file(tmp_path):
     (tmp_path / "configs" / "metadata.json").write_text("{not json")
     with pytest.raises(UserError, match=r"metadata\.json: cannot read the bundle metadata"):
         check_bundle(tmp_path, formal=True)
+
+
+# --- the user's class names ----------------------------------------------------------------------------------------
+
+
+def test_class_names_are_recorded_in_run_json_for_prediction_and_must_name_mapped_ids(tmp_path):
+    from VistaFinetuneLib.cli import main
+    from VistaFinetuneLib.data import synthetic
+    from VistaFinetuneLib.inference.models import run_model
+
+    data = tmp_path / "data"
+    synthetic.write_dataset(data, 4, seed=5, spec=synthetic.MICRO_SPEC)
+    base = ["finetune", str(data), "--smoke", "--prepare-only", "--label-mapping", "[[1, 1], [2, 3], [3, 133]]"]
+    assert main([*base, "--output-dir", str(tmp_path / "run"), "--class-names", '{"133": "Tumor 1"}']) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["class_names"] == {"133": "Tumor 1"}
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "checkpoints" / "model_finetune.pt").write_bytes(b"")  # the reader only needs its path
+    assert run_model(tmp_path / "run").user_names == {133: "Tumor 1"}
+    assert main([*base, "--output-dir", str(tmp_path / "bad"), "--class-names", '{"14": "Left Kidney"}']) == 2
+    assert not (tmp_path / "bad").exists()

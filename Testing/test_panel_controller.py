@@ -117,8 +117,11 @@ def test_plan_prefills_from_the_engine_and_the_bundle():
 def test_the_command_is_one_the_engine_accepts(tmp_path):
     settings = TrainingSettings(epochs=3, learning_rate=2e-4, patch_size=[64, 64, 32], cache_rate=0.5,
                                 class_prompts_only=True)  # fmt: skip
-    command = finetune_command(tmp_path / "d.json", tmp_path / "run", [[1, 14]], settings, tmp_path / "bundle")
+    command = finetune_command(
+        tmp_path / "d.json", tmp_path / "run", [[1, 14]], {14: "Left Kidney"}, settings, tmp_path / "bundle"
+    )
     args = build_parser().parse_args(command)
+    assert json.loads(args.class_names) == {"14": "Left Kidney"}
     assert (args.epochs, args.learning_rate, args.patch_size, args.cache_rate) == (3, 2e-4, [64, 64, 32], 0.5)
     assert json.loads(args.label_mapping) == [[1, 14]] and args.auto_seg and args.bundle_dir == str(tmp_path / "bundle")
 

@@ -90,8 +90,10 @@ def test_export_round_trip_equals_the_nodes(scene_cases, tmp_path):
     manifest = json.loads((exported.dataset_dir / "export.json").read_text())
     assert manifest["overlap_rule"] == OVERLAP_RULE
     assert manifest["mapping"]["kidney_left"]["class_id"] == 14
+    assert exported.class_names == {1: "Liver", 3: "Spleen", 14: "kidney_left"}  # the users' names, first seen
     assert exported.finetune_arguments() == ["--datalist", str(exported.datalist), "--label-mapping",
-                                             "[[1, 1], [3, 3], [14, 14]]"]  # fmt: skip
+                                             "[[1, 1], [3, 3], [14, 14]]", "--class-names",
+                                             '{"1": "Liver", "3": "Spleen", "14": "kidney_left"}']  # fmt: skip
 
 
 def test_overlapping_segments_follow_the_rule(tmp_path):

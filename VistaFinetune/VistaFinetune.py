@@ -521,7 +521,12 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 runDir = self.controller.new_run_dir()
                 exported = self.exportSceneCases(training_data_path(runDir).parent / "dataset")
                 view = self.controller.start_exported(
-                    runDir, exported.datalist, exported.label_mappings, self.trainingSettings(), bundleDir
+                    runDir,
+                    exported.datalist,
+                    exported.label_mappings,
+                    exported.class_names,
+                    self.trainingSettings(),
+                    bundleDir,
                 )
             else:
                 view = self.controller.start(

@@ -88,13 +88,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Synthetic CT dataset: {DEMO_CASES} cases ({DEMO_VAL_CASES} for validation) in {out_dir / 'dataset'} "
         f"(label 1 = {known[0]}, 2 = {untaught[0]})"
     )
-    print(f"Finetuning (class prompts) with label mapping [[1, {known[1]}], [2, {untaught[1]}]] through the bundle ...")
+    print(
+        f"Finetuning (class prompts) the {untaught[0]} with label mapping [[2, {untaught[1]}]] through the bundle "
+        f"(--unmapped background: the {known[0]} label is set to 0 in staged copies) ..."
+    )
     request = FinetuneRequest(
         output_dir=out_dir / "run",
         dataset_dir=out_dir / "dataset",
         datalist=datalist,
         bundle_dir=bundle,
-        label_mapping=json.dumps([[1, known[1]], [2, untaught[1]]]),
+        label_mapping=json.dumps([[2, untaught[1]]]),
+        unmapped="background",
         epochs=DEMO_EPOCHS,
         learning_rate=DEMO_LEARNING_RATE,
         auto_seg=True,  # class prompts only: what the formal evaluation scores
@@ -154,6 +158,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         skip_review=args.skip_review,
         prepare_only=args.prepare_only,
         min_improvement=args.min_improvement,
+        class_names=args.class_names,
         argv=sys.argv[1:],
         unmapped=args.unmapped,
         classes=args.classes,
@@ -464,7 +469,7 @@ def prediction_inputs(args: argparse.Namespace) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment one image or a folder with the pretrained or a finetuned model; write labels and legends."""
-    from VistaFinetuneLib.inference.models import parse_class_names
+    from VistaFinetuneLib.data.mapping import parse_class_names
     from VistaFinetuneLib.inference.outputs import image_stem
     from VistaFinetuneLib.inference.predictor import Predictor
     from VistaFinetuneLib.inference.segment import SegmentRequest, segment
@@ -607,6 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     finetune.add_argument("--prepare-only", action="store_true", help="stage the run and print commands to run it")
     finetune.add_argument("--skip-review", action="store_true", help="no review after the formal evaluations")
+    finetune.add_argument(
+        "--class-names",
+        help='JSON {"VISTA3D id": "your name"} for mapped classes, e.g. \'{"133": "Tumor 1"}\' (kept for prediction)',
+    )
     finetune.add_argument(
         "--min-improvement",
         type=float,

@@ -101,3 +101,17 @@ def check_mapping(
                     "inference refuses as a class prompt" + (f"; supported counterpart: {instead}" if instead else "")
                 )
     return warnings
+
+
+def parse_class_names(value: object, where: str) -> dict[int, str]:
+    """``{"133": "Tumor 1"}`` -> ``{133: "Tumor 1"}``, refusing anything else."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f'{where}: class names must be a JSON object of id -> name, like {{"133": "Tumor 1"}}')
+    names: dict[int, str] = {}
+    for key, name in value.items():
+        if not str(key).strip().isdigit() or not isinstance(name, str) or not name.strip():
+            raise UserError(f'{where}: bad class name entry {key!r}: {name!r} (expected "id": "name")')
+        names[int(key)] = name.strip()
+    return names

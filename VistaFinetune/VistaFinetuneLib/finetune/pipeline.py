@@ -27,7 +27,7 @@ from VistaFinetuneLib.bundle.runner import BundleRun
 from VistaFinetuneLib.bundle.source import sha256_file
 from VistaFinetuneLib.bundle.variant import identify_variant
 from VistaFinetuneLib.data import dataset, label_names, relabel, synthetic
-from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_mapping
+from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_class_names, parse_mapping
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.finetune import checkpoints, staging
 from VistaFinetuneLib.finetune.formal_dice import FormalDice, formal_dice
@@ -71,6 +71,7 @@ class FinetuneRequest:
     resume: bool = False
     prepare_only: bool = False
     min_improvement: float = MIN_IMPROVEMENT
+    class_names: str | None = None  # JSON {"133": "Tumor 1"}: the user's names of mapped classes
     argv: list[str] = field(default_factory=list)
     unmapped: str = "refuse"  # or "background": unmapped label values become 0 in staged copies
     classes: str | None = None  # comma-separated dataset.json label names to finetune
@@ -224,6 +225,7 @@ class StagedRun:
     auto_seg: bool
     stacks: dict[str, list[Path]]
     compat_names: list[str]
+    class_names: dict[int, str]
 
     @property
     def train_cases(self) -> list[dataset.Case]:
@@ -307,6 +309,7 @@ def stage_run(request: FinetuneRequest, run_dir: Path) -> StagedRun:
     audit = dataset.audit_cases(cases)
     mapping, resolution = resolve_mapping(request, catalog, audit.label_values)
     warnings = check_mapping(mapping, audit.label_values, catalog, request.unmapped)
+    class_names = mapped_class_names(request.class_names, mapping)
     if request.unmapped == "background":  # relabelled copies in the run folder; the user's labels stay as they are
         labels_dir = run_dir / "dataset" / "labels"
         cases, resolution["unmapped"] = relabel.stage_background(cases, audit, [a for a, _ in mapping], labels_dir)
@@ -320,8 +323,25 @@ def stage_run(request: FinetuneRequest, run_dir: Path) -> StagedRun:
     stacks, compat_names = write_config_stacks(request, run_dir, bundle_dir, datalist, mapping, plan, auto_seg)
     return StagedRun(
         request, run_dir, bundle_dir, bundle, formal, cases, datalist, source, audit, mapping, resolution,
-        warnings, env, plan, auto_seg, stacks, compat_names,
+        warnings, env, plan, auto_seg, stacks, compat_names, class_names,
     )  # fmt: skip
+
+
+def mapped_class_names(text: str | None, mapping: list[list[int]]) -> dict[int, str]:
+    """``--class-names``: the user's names of mapped classes (VISTA3D id -> name); each id must be mapped."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise UserError(f'--class-names {text!r} is not JSON; write it like \'{{"133": "Tumor 1"}}\'') from None
+    names = parse_class_names(value, "--class-names")
+    targets = {target for _, target in mapping}
+    unmapped = sorted(set(names) - targets)
+    if unmapped:
+        trained = sorted(targets)
+        raise UserError(f"--class-names names id(s) {unmapped} that the label mapping does not train ({trained})")
+    return names
 
 
 def plan_training(request: FinetuneRequest, env: dict, bundle_dir: Path, n_train: int) -> Plan:
@@ -402,6 +422,7 @@ def write_run_record(staged: StagedRun, previous: dict) -> None:
             "request_resolved": previous.get("request_resolved", resolved),
             "bundle": staged.bundle,
             "label_mappings": {"default": staged.mapping},
+            "class_names": {str(k): v for k, v in staged.class_names.items()},
             "label_mapping_resolution": staged.resolution,
             "plan": staged.plan.to_json(),
             "config_stacks": {k: [str(p) for p in v] for k, v in staged.stacks.items()},

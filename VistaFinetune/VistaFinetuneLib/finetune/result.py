@@ -146,6 +146,7 @@ def input_section(staged: StagedRun) -> dict:
         "n_train_cases": len(staged.train_cases),
         "n_val_cases": len(staged.val_cases),
         "label_mappings": {"default": staged.mapping},
+        "class_names": {str(k): v for k, v in staged.class_names.items()},
         "label_mapping_resolution": staged.resolution,
         "dataset_audit": staged.audit.to_json(),
         "smoke": request.smoke,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.data.mapping import parse_class_names
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.inference.prompts import SUBCLASS_PARENTS, UPSTREAM_CLASS_PROMPT_IDS, ClassTable
 from VistaFinetuneLib.run_files import read_user_json
@@ -26,20 +27,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def parse_class_names(value: object, where: str) -> dict[int, str]:
-    """``{"133": "Tumor 1"}`` -> ``{133: "Tumor 1"}``, refusing anything else."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise UserError(f'{where}: class names must be a JSON object of id -> name, like {{"133": "Tumor 1"}}')
-    names: dict[int, str] = {}
-    for key, name in value.items():
-        if not str(key).strip().isdigit() or not isinstance(name, str) or not name.strip():
-            raise UserError(f'{where}: bad class name entry {key!r}: {name!r} (expected "id": "name")')
-        names[int(key)] = name.strip()
-    return names
 
 
 @dataclass(frozen=True)

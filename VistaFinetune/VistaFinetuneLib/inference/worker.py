@@ -92,8 +92,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from VistaFinetuneLib.data.mapping import parse_class_names
 from VistaFinetuneLib.errors import UserError
-from VistaFinetuneLib.inference.models import ModelSpec, checkpoint_model, parse_class_names, run_model
+from VistaFinetuneLib.inference.models import ModelSpec, checkpoint_model, run_model
 from VistaFinetuneLib.inference.outputs import image_stem
 from VistaFinetuneLib.inference.predictor import Cancelled
 from VistaFinetuneLib.inference.segment import SegmentRequest

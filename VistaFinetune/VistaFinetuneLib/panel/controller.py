@@ -115,7 +115,12 @@ def default_settings(bundle_dir: Path, plan_environment: dict, n_train_cases: in
 
 
 def finetune_command(
-    datalist: Path, run_dir: Path, mapping: list[list[int]], settings: TrainingSettings, bundle_dir: Path | None
+    datalist: Path,
+    run_dir: Path,
+    mapping: list[list[int]],
+    class_names: dict[int, str],
+    settings: TrainingSettings,
+    bundle_dir: Path | None,
 ) -> list[str]:
     """The engine arguments of the run (what ``vista-finetune`` would be given in a terminal)."""
     command = [
@@ -123,6 +128,7 @@ def finetune_command(
         "--datalist", str(datalist),
         "--output-dir", str(run_dir),
         "--label-mapping", json.dumps(mapping),
+        "--class-names", json.dumps({str(k): v for k, v in class_names.items()}),
         "--epochs", str(settings.epochs),
         "--learning-rate", repr(float(settings.learning_rate)),
         "--patch-size", json.dumps(settings.patch_size),
@@ -236,7 +242,8 @@ class PanelController:
         run_dir = self.new_run_dir()
         datalist = training_data_path(run_dir)
         training_data.write_training_datalist(rows, datalist)
-        command = finetune_command(datalist, run_dir, training_data.mapping_pairs(mapping_rows), settings, bundle_dir)
+        pairs, names = training_data.mapping_pairs(mapping_rows), training_data.mapping_names(mapping_rows)
+        command = finetune_command(datalist, run_dir, pairs, names, settings, bundle_dir)
         control.start_job(run_dir, command, python=self.job_python)
         return self.attach(run_dir)
 
@@ -245,12 +252,13 @@ class PanelController:
         run_dir: Path,
         datalist: Path,
         mapping: list[list[int]],
+        class_names: dict[int, str],
         settings: TrainingSettings,
         bundle_dir: Path | None,
     ) -> ProgressView:
         """Start a finetune on a training set already written (the scene's cases, exported beside ``run_dir``)."""
-        control.start_job(run_dir, finetune_command(datalist, run_dir, mapping, settings, bundle_dir),
-                          python=self.job_python)  # fmt: skip
+        command = finetune_command(datalist, run_dir, mapping, class_names, settings, bundle_dir)
+        control.start_job(run_dir, command, python=self.job_python)
         return self.attach(run_dir)
 
     def attach(self, run_dir: Path) -> ProgressView:

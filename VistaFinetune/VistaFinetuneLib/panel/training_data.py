@@ -139,6 +139,15 @@ def mapping_pairs(rows: list[MappingRow]) -> list[list[int]]:
     return [[row.value, int(row.class_id)] for row in rows if row.class_id is not None]
 
 
+def mapping_names(rows: list[MappingRow]) -> dict[int, str]:
+    """The user's name of each chosen class (the first row's, if several share it), for ``--class-names``."""
+    names: dict[int, str] = {}
+    for row in rows:
+        if row.class_id is not None and row.name:
+            names.setdefault(int(row.class_id), row.name)
+    return names
+
+
 def mapping_messages(rows: list[MappingRow], values: list[int], catalog: LabelCatalog) -> tuple[str | None, list[str]]:
     """(the error that blocks training or None, the warnings) for the mapping as chosen."""
     try:

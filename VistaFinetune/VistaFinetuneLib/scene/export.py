@@ -59,11 +59,14 @@ class TrainingSet:
     datalist: Path
     label_mappings: list[list[int]]
     cases: list[ExportedCase]
+    class_names: dict[int, str]  # the user's segment name of each mapped class (the first, if several)
     warnings: list[str] = field(default_factory=list)
 
     def finetune_arguments(self) -> list[str]:
         """The ``vista-finetune finetune`` arguments that train on this export."""
-        return ["--datalist", str(self.datalist), "--label-mapping", json.dumps(self.label_mappings)]
+        names = json.dumps({str(k): v for k, v in self.class_names.items()})
+        return ["--datalist", str(self.datalist), "--label-mapping", json.dumps(self.label_mappings),
+                "--class-names", names]  # fmt: skip
 
 
 def _case_names(cases: list[ExportCase]) -> list[str]:
@@ -193,4 +196,8 @@ def export_training_set(
         "warnings": warnings,
     }  # fmt: skip
     write_json_atomic(dataset_dir / "export.json", manifest)
-    return TrainingSet(dataset_dir, datalist, pairs, exported, warnings)
+    names: dict[int, str] = {}
+    for name, choice in choices.items():
+        if choice.class_id is not None:
+            names.setdefault(choice.class_id, name)
+    return TrainingSet(dataset_dir, datalist, pairs, exported, names, warnings)
