@@ -71,3 +71,39 @@ def test_tiny_finetune_completes_with_the_override(tmp_path):
     assert dice[0] == output["output"]["training_start_val_dice"]
     print(f"monai {packages['monai']}, numpy {packages['numpy']}: val Dice per epoch {dice}, "
           f"finetune wall {output['runtime']['wall_seconds']} s")  # fmt: skip
+
+
+class UpstreamPointTransformStandIn:
+    """The upstream NV-Segment-CT evaluator's point lines (``_iteration`` with user prompts), without the engine."""
+
+    def transform_points(self, point, affine):
+        import numpy as np
+
+        bs, n = point.shape[:2]
+        point = np.concatenate((point, np.ones((bs, n, 1))), axis=-1)
+        point = (affine @ point.reshape(bs * n, 4).T).T.reshape(bs, n, 4)
+        return point[:, :, :3]
+
+    def map_points(self, points, image_affine, original_affine):
+        import numpy as np
+        import torch
+
+        points = torch.as_tensor([points])
+        points = self.transform_points(points, np.linalg.inv(image_affine) @ original_affine.numpy())
+        return torch.from_numpy(points)
+
+
+def test_point_prompts_crash_the_upstream_evaluator_under_numpy_2_and_not_through_the_engine():
+    import numpy as np
+    import torch
+
+    from VistaFinetuneLib.inference.evaluator import allowing_class_ids
+
+    assert int(np.__version__.split(".")[0]) >= 2
+    image_affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0], dtype=torch.float64))
+    original_affine = torch.eye(4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="expected np.ndarray"):
+        UpstreamPointTransformStandIn().map_points([[4.0, 6.0, 9.0]], image_affine, original_affine)
+    engine = allowing_class_ids(UpstreamPointTransformStandIn, [])()
+    mapped = engine.map_points([[4.0, 6.0, 9.0]], image_affine, original_affine)
+    assert mapped.tolist() == [[[2.0, 3.0, 3.0]]]

@@ -50,16 +50,16 @@ class ModelSpec:
         return ClassTable(LabelCatalog.from_bundle(self.bundle_dir), self.finetuned_ids, names)
 
     def run_overrides(self, evaluator_target: str) -> dict:
-        """Config overrides a finetuned run needs: no subclass expansion when it mapped onto a subclass parent, and
-        the evaluator that accepts its new ids as class prompts (``evaluator_target``: the bundle's evaluator)."""
+        """Config overrides: no subclass expansion when a finetuned run mapped onto a subclass parent, and the
+        engine's evaluator (:mod:`VistaFinetuneLib.inference.evaluator`: a run's new ids accepted as class prompts,
+        points mapped in numpy) around the bundle's own (``evaluator_target``)."""
         finetuned = set(self.finetuned_ids)
         overrides: dict = {}
         if finetuned & set(SUBCLASS_PARENTS):
             overrides["subclass"] = {}
-        if finetuned - UPSTREAM_CLASS_PROMPT_IDS:
-            overrides["evaluator#base_class"] = f"${evaluator_target}"
-            overrides["evaluator#class_ids"] = sorted(finetuned)
-            overrides["evaluator#_target_"] = "VistaFinetuneLib.inference.evaluator.finetuned_class_evaluator"
+        overrides["evaluator#base_class"] = evaluator_target
+        overrides["evaluator#class_ids"] = sorted(finetuned) if finetuned - UPSTREAM_CLASS_PROMPT_IDS else []
+        overrides["evaluator#_target_"] = "VistaFinetuneLib.inference.evaluator.engine_evaluator"
         return overrides
 
     def describe(self) -> dict:

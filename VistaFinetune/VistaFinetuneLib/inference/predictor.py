@@ -6,9 +6,9 @@ built once from its ``configs/inference.json`` with ``monai.bundle.ConfigParser`
   atomically, with a legend (see :mod:`VistaFinetuneLib.inference.outputs`);
 - the weights are loaded here, after a key-and-shape check that names what does not fit (the bundle's
   ``checkpointloader`` is not run, nor the rest of ``initialize`` but its ``set_determinism``);
-- with a finetuned run: ``subclass`` is emptied when the run mapped onto a subclass parent (2, 20, 21), and the
-  evaluator is wrapped so that the run's own ids pass the upstream class-prompt check
-  (:func:`VistaFinetuneLib.inference.evaluator.finetuned_class_evaluator`).
+- the evaluator is wrapped (:func:`VistaFinetuneLib.inference.evaluator.engine_evaluator`) so that point prompts
+  work with numpy 2 and a finetuned run's own ids pass the upstream class-prompt check; with a finetuned run,
+  ``subclass`` is emptied when the run mapped onto a subclass parent (2, 20, 21).
 
 Between requests it keeps the last image's preprocessing, and the image encoder's output per sliding window
 (:class:`VistaFinetuneLib.inference.encoder_cache.EncoderCache`). Runs in the job environment (imports torch).
