@@ -19,9 +19,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from VistaFinetuneLib.bundle.runner import ENGINE_ROOT
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.jobs import processes
+from VistaFinetuneLib.jobs.child_env import child_environment
 from VistaFinetuneLib.jobs.supervisor import MARKER, JobFiles, read_json_or_none, update_job_record
 from VistaFinetuneLib.run_files import write_json_atomic
 
@@ -208,8 +208,7 @@ def start_job(run_dir: Path, command: list[str], python: str = sys.executable) -
         path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)  # the job's working folder; finetune accepts it empty
     job_command = [python, "-m", "VistaFinetuneLib", *command]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ENGINE_ROOT), env.get("PYTHONPATH")]))
+    env = child_environment()
     with open(files.log, "a", encoding="utf-8") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(job_command)}\n")
         log.flush()

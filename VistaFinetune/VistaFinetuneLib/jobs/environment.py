@@ -18,6 +18,7 @@ from pathlib import Path
 from VistaFinetuneLib.bundle.compat import FLOAT_TARGET_LOSS, monai_version_tuple
 from VistaFinetuneLib.environment import PACKAGES
 from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.jobs.child_env import child_environment
 from VistaFinetuneLib.resources import RESOURCES
 
 REQUIREMENTS = RESOURCES / "requirements.txt"
@@ -96,7 +97,9 @@ def probe_interpreter(python: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
     path = resolve_interpreter(python)
     command = [path, "-c", PROBE_CODE, json.dumps(list(PROBE_PACKAGES))]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout_s)
+        done = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", timeout=timeout_s, env=child_environment(False)
+        )
     except subprocess.TimeoutExpired:
         raise UserError(f"{python}: the environment probe did not finish within {timeout_s:.0f} s") from None
     except OSError as error:
@@ -254,7 +257,7 @@ def create_environment(
         log("no NVIDIA GPU on this machine: installing the CPU build of torch")
     for command in create_environment_commands(directory, build):
         log("$ " + shlex.join(command))
-        code = subprocess.run(command).returncode
+        code = subprocess.run(command, env=child_environment(False)).returncode
         if code != 0:
             raise UserError(f"{shlex.join(command)} failed (exit code {code}); {directory} is incomplete")
     return str(directory.absolute() / "bin" / "python")
