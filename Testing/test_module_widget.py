@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from job_python import job_python
 from slicer_app_standin import SlicerAppStandIn
 
 from VistaFinetuneLib.data import synthetic
@@ -97,7 +98,7 @@ def session(tiny_bundle_dir, tmp_path_factory) -> Session:
     try:
         widget = newWidget(module)
         ui = widget.ui
-        ui.jobPythonPathLineEdit.currentPath = sys.executable
+        ui.jobPythonPathLineEdit.currentPath = job_python()
         ui.bundlePathLineEdit.currentPath = str(tiny_bundle_dir)
         ui.datasetPathLineEdit.currentPath = str(dataset)
 
@@ -189,7 +190,7 @@ def widget_unchecked():
 
 
 def test_setup_reports_the_job_environment_and_warns_on_cpu(session):
-    assert f"interpreter: {sys.executable}" in session.environmentText
+    assert f"interpreter: {job_python()}" in session.environmentText
     assert "torch:" in session.environmentText and "packages:" in session.environmentText
     assert session.cpuWarning.startswith("Training would run on the CPU")  # no GPU on the CI machines
 
