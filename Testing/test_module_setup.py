@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from slicer_app_standin import SlicerAppStandIn
 
+from VistaFinetuneLib.resources import RESOURCES
+
 pytestmark = pytest.mark.unit
 
 MODULE_SCRIPT = Path(__file__).resolve().parents[1] / "VistaFinetune" / "VistaFinetune.py"
@@ -81,3 +83,30 @@ def test_unreadable_training_data_shows_the_engine_message(panel, tmp_path):
     message = f"{tmp_path / 'missing'}: the dataset folder does not exist"
     assert standIn.processEventsUntil(lambda: standIn.errors == [message], 30), standIn.errors
     assert widget.ui.casesStatusLabel.text == message and widget.caseRows == []
+
+
+def test_clearing_a_path_field_is_stored(panel):
+    """CTK does not signal an emptied path field; the panel still stores it (empty bundle: the tiny bundle)."""
+    standIn, widget, home = panel
+    ui, node = widget.ui, widget._parameterNode
+    ui.bundlePathLineEdit.currentPath = str(home / "my-bundle")
+    ui.datalistPathLineEdit.currentPath = str(home / "datalist.json")
+    assert (node.bundleDir, node.datalist) == (str(home / "my-bundle"), str(home / "datalist.json"))
+    ui.bundlePathLineEdit.currentPath = ""
+    ui.datalistPathLineEdit.currentPath = ""
+    assert (node.bundleDir, node.datalist) == ("", "")
+    assert widget.logic.bundleDir(node) == RESOURCES / "TinyBundle"
+
+
+def test_the_training_numbers_keep_the_forms_ranges(panel):
+    """Slicer's GUI connectors replace the spin boxes' ranges unless the parameter says it: epochs stay >= 1,
+    the learning rate >= 0 and the cache rate within [0, 1]."""
+    standIn, widget, home = panel
+    ui, node = widget.ui, widget._parameterNode
+    assert (ui.epochsSpinBox.minimum, ui.epochsSpinBox.maximum) == (1, 10000)
+    ui.epochsSpinBox.setValue(0)
+    ui.learningRateSpinBox.setValue(-0.5)
+    ui.cacheRateSpinBox.setValue(1.5)
+    assert (node.epochs, node.learningRate, node.cacheRate) == (1, 0.0, 1.0)
+    with pytest.raises(ValueError):
+        node.cacheRate = 2.0  # the parameter node refuses it as well

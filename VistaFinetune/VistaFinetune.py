@@ -5,13 +5,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 
@@ -61,10 +62,11 @@ class VistaFinetuneParameterNode:
     runsFolder: str = ""
     datasetDir: str = ""
     datalist: str = ""
-    epochs: int = 5
-    learningRate: float = 5e-5
+    # Slicer's GUI connectors replace a bound spin box's range unless the field says it: these are the .ui's.
+    epochs: Annotated[int, WithinRange(1, 10000)] = 5
+    learningRate: Annotated[float, WithinRange(0.0, 1.0)] = 5e-5
     patchSize: str = "[128, 128, 128]"
-    cacheRate: float = 1.0
+    cacheRate: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
     classPromptsOnly: bool = False
     runDir: str = ""  # the run the panel follows
 
@@ -129,7 +131,13 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadReviewButton.connect("clicked(bool)", self.onLoadReview)
         self.ui.reviewTableWidget.connect("cellClicked(int,int)", self.onReviewRowClicked)
         for name, edit in self.pathEdits().items():
-            edit.connect("currentPathChanged(QString)", lambda path, name=name: self.onPathChanged(name, path))
+            # ctkPathLineEdit signals currentPathChanged only for valid (non-empty) input: watch its line edit so
+            # that clearing a field is stored too (an empty bundle folder means the tiny bundle again).
+            lineEdit = edit.findChild(qt.QLineEdit)
+            if lineEdit is not None:
+                lineEdit.connect("textChanged(QString)", lambda text, name=name: self.onPathChanged(name, text))
+            else:
+                edit.connect("currentPathChanged(QString)", lambda path, name=name: self.onPathChanged(name, path))
 
         self.initializeParameterNode()
         self.updateButtons()

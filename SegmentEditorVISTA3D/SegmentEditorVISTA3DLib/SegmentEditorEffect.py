@@ -56,7 +56,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.name = "VISTA3D"  # untranslated: the effect's key
         scriptedEffect.title = _("VISTA3D")
         scriptedEffect.perSegment = True
-        scriptedEffect.requireSegments = True
+        # Class prompts make their own segments and Compare writes none: an empty segmentation, or none selected,
+        # must not disable the button (Slicer enables it if !requireSegments || (segment available and selected)).
+        scriptedEffect.requireSegments = False
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.logic = None
         self.markers = None
