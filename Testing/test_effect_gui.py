@@ -150,5 +150,5 @@ def test_segment_classes_compare_and_quitting_stops_the_worker(editor):
     else:
         assert "finetuned run that improved" in effect.statusLabel.text
     process = effect.logic.client.connection.process
-    standin.slicer.app.aboutToQuit.emit()
-    assert process.poll() is not None, "the worker still runs after Slicer quit"
+    standin.slicer.app.aboutToQuit.emit()  # the worker is stopped in a thread: Slicer does not wait for it
+    assert standin.processEventsUntil(lambda: process.poll() is not None, 60), "the worker still runs after quitting"

@@ -1,6 +1,9 @@
 """The VISTA3D effect against Slicer's own rules, under SegmentEditorStandIn (a test stand-in for Slicer's Segment
-Editor): its button is enabled on an empty segmentation (class prompts make their own segments), and its point
-markers leave the user's active markups place list as it was. No worker is started here."""
+Editor): its button is enabled on an empty segmentation (class prompts make their own segments), its point
+markers leave the user's active markups place list as it was, and stopping the worker never blocks Slicer's
+thread. No worker is started here."""
+
+import threading
 
 import pytest
 from effect_scene import build_effect_scene
@@ -57,3 +60,27 @@ def test_the_users_active_place_list_stays_active(effect):
     assert selection.GetActivePlaceNodeID() == own.GetID()  # the user's is active again when the effect leaves
     assert standin.scene.IsNodePresent(own) and own.GetNumberOfControlPoints() == 0
     assert not any(standin.scene.IsNodePresent(n) for n in markers)
+
+
+class SlowToCloseClient:
+    """Test double for a worker client whose close() takes long (a worker finishing its request)."""
+
+    def __init__(self) -> None:
+        self.release, self.closed = threading.Event(), threading.Event()
+        self.closedOn = None
+
+    def close(self) -> None:
+        self.closedOn = threading.current_thread()
+        self.release.wait(10)
+        self.closed.set()
+
+
+def test_stopping_the_worker_leaves_slicers_thread(effect):
+    standin, scene, effect = effect
+    module = type(effect).__init__.__globals__  # the effect file's namespace
+    slow = SlowToCloseClient()
+    module["_sharedWorker"]["client"] = slow
+    module["stopSharedWorker"]()  # what Slicer's aboutToQuit and a change of bundle call; returns at once
+    slow.release.set()
+    assert slow.closed.wait(10)
+    assert slow.closedOn is not threading.main_thread()  # closed in a thread of its own, not on Slicer's

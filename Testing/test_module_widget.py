@@ -360,8 +360,17 @@ def test_cases_from_the_scene_are_exported_and_trained_on(session):
     assert ui.mappingMessagesLabel.text == "Mapping complete."
 
     ui.epochsSpinBox.setValue(1)
+    # Start returns at once: the cases are written in steps (Slicer repaints), and Cancel stops that before a start.
     ui.startButton.click()
-    assert widget.following, session.standIn.errors
+    assert widget.sceneExport is not None and not widget.following, session.standIn.errors
+    assert "Writing the scene cases" in ui.progressLabel.text and ui.cancelButton.isEnabled()
+    cancelled = widget.sceneExport["runDir"]
+    ui.cancelButton.click()
+    assert widget.sceneExport is None and not widget.following and ui.startButton.isEnabled()
+    assert session.standIn.processEventsUntil(lambda: not training_data_path(cancelled).parent.exists(), 30)
+    assert not cancelled.exists()  # no job was started
+    ui.startButton.click()
+    assert session.standIn.processEventsUntil(lambda: widget.following, 120), session.standIn.errors
     runDir = widget.controller.run_dir
     exported = training_data_path(runDir).parent / "dataset"
     items = json.loads((exported / "datalist.json").read_text())["training"]
