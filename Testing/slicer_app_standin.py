@@ -485,6 +485,8 @@ def makeScriptedLoadableModule(slicer) -> types.ModuleType:
 class AppStandIn:
     """``slicer.app``: the few calls the module makes."""
 
+    majorVersion, minorVersion = 5, 10  # the oldest Slicer the extension supports
+
     def __init__(self, application: QtWidgets.QApplication) -> None:
         self.application = application
 
