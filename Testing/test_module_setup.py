@@ -186,3 +186,21 @@ def loadScript(name: str, path: Path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def test_the_environment_dialog_names_pythonslicer_not_the_slicer_application(panel, tmp_path, monkeypatch):
+    """In Slicer, sys.executable is the Slicer application: the venv is made by PythonSlicer, and the dialog says so."""
+    standIn, widget, home = panel
+    slicerBin = tmp_path / "Slicer-5.10" / "bin"
+    slicerBin.mkdir(parents=True)
+    pythonSlicer = slicerBin / "PythonSlicer"
+    pythonSlicer.write_text("#!/bin/sh\n")
+    pythonSlicer.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "Slicer-5.10" / "Slicer"))
+    monkeypatch.setenv("PATH", f"{slicerBin}{os.pathsep}{os.environ.get('PATH', '')}")
+    standIn.answer = False
+    widget.ui.cudaComboBox.setCurrentIndex(widget.ui.cudaComboBox.findText("cpu"))
+    widget.ui.createEnvironmentButton.click()
+    question = standIn.questions[-1]
+    assert f"{pythonSlicer} -m venv {home / 'job-environment'}" in question
+    assert f"{sys.executable} -m venv" not in question

@@ -290,7 +290,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         directory = Path(self.logic.managedEnvironmentDir())
         cuda = self.ui.cudaComboBox.currentText
-        commands = managed_environment_commands(directory, cuda)
+        commands = managed_environment_commands(directory, cuda, self.logic.slicerPython())
         question = _(
             "Create the managed job environment in\n{directory}\n\nIt runs these commands (Slicer's own Python is "
             "not changed):\n\n{commands}\n\nThis downloads about 3 GB and takes several minutes. Continue?"
@@ -892,8 +892,12 @@ class VistaFinetuneLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def slicerPython() -> str:
-        """The interpreter that runs Slicer's Python (PythonSlicer), used to create the managed environment."""
-        return shutil.which("PythonSlicer") or sys.executable
+        """The interpreter that runs Slicer's Python (PythonSlicer), used to create the managed environment. In
+        Slicer, ``sys.executable`` is the Slicer application itself, so it is only the last resort (outside Slicer)."""
+        name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+        home = getattr(slicer.app, "slicerHome", None)
+        inHome = Path(home) / "bin" / name if home else None
+        return shutil.which("PythonSlicer") or (str(inHome) if inHome and inHome.is_file() else sys.executable)
 
     def setDefaultParameters(self, parameterNode) -> None:
         if not parameterNode.runsFolder:

@@ -232,17 +232,18 @@ def choose_cuda_build(cuda: str | None, gpu_present: bool) -> str:
     return "cpu"
 
 
-def create_environment_commands(directory: Path | str, cuda: str) -> list[list[str]]:
-    """The commands that create the managed job environment in ``directory``: a venv, torch, the pinned stack."""
+def create_environment_commands(directory: Path | str, cuda: str, python: str = sys.executable) -> list[list[str]]:
+    """The commands that create the managed job environment in ``directory`` with ``python``'s venv module: a venv,
+    torch, the pinned stack. (In Slicer, ``sys.executable`` is the Slicer application: name PythonSlicer.)"""
     if cuda not in CUDA_BUILDS:
         raise UserError(f"--cuda {cuda}: choose one of {', '.join(CUDA_BUILDS)}")
     directory = Path(directory).absolute()
-    python = str(directory / "bin" / "python")
+    created = str(directory / "bin" / "python")
     return [
-        [sys.executable, "-m", "venv", str(directory)],
-        [python, "-m", "pip", "install", "--upgrade", "pip"],
-        [python, "-m", "pip", "install", pinned_torch(), "--index-url", TORCH_INDEX + cuda],
-        [python, "-m", "pip", "install", "-r", str(REQUIREMENTS)],
+        [python, "-m", "venv", str(directory)],
+        [created, "-m", "pip", "install", "--upgrade", "pip"],
+        [created, "-m", "pip", "install", pinned_torch(), "--index-url", TORCH_INDEX + cuda],
+        [created, "-m", "pip", "install", "-r", str(REQUIREMENTS)],
     ]
 
 
