@@ -165,3 +165,17 @@ def test_license_is_apache_2():
     assert "Version 2.0, January 2004" in text
     assert "http://www.apache.org/licenses/" in text
     assert "END OF TERMS AND CONDITIONS" in text
+
+
+# (e) the README's in-Slicer commands
+
+
+def test_readme_slicer_commands_work_as_written():
+    """slicer.util.selectModule raises without a main window; both module folders are given to Slicer."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = readme.replace("\\\n", " ").splitlines()  # shell continuation lines joined
+    commands = [line for line in lines if line.startswith("Slicer ")]
+    assert commands, "no Slicer command in the README"
+    for command in commands:
+        assert not ("--no-main-window" in command and "selectModule" in command), command
+        assert "VistaFinetune" in command and "SegmentEditorVISTA3D" in command, command

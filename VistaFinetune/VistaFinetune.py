@@ -1083,8 +1083,8 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Exporting and finetuning the tiny bundle in the background (1 epoch)")
         ui.epochsSpinBox.value = 1
-        ui.startButton.click()
-        self.assertTrue(widget.following)
+        ui.startButton.click()  # the scene cases are written in steps, then the job starts
+        self.assertTrue(self.waitFor(lambda: widget.following, 120), widget.ui.statusLabel.text)
         exported = widget.controller.run_dir.parent / f"{widget.controller.run_dir.name}.inputs" / "dataset"
         self.assertTrue((exported / "datalist.json").is_file())
         self.assertTrue(self.waitFor(lambda: not widget.following, self.JOB_TIMEOUT_S), ui.logTextEdit.plainText)
