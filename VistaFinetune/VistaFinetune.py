@@ -302,8 +302,9 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except UserError as error:
             self.showError(str(error))
             return
-        python = str(directory / "bin" / "python")
-        self.setupJobDone = lambda: self.setPath("jobPython", python)
+        from VistaFinetuneLib.jobs.environment import venv_python
+
+        self.setupJobDone = lambda: self.setPath("jobPython", str(venv_python(directory)))  # read once it exists
         self.ui.bundleProgressBar.setRange(0, 0)
         self.timer.start()
 
@@ -903,7 +904,9 @@ class VistaFinetuneLogic(ScriptedLoadableModuleLogic):
         if not parameterNode.runsFolder:
             parameterNode.runsFolder = str(self.userFolder() / "runs")
         if not parameterNode.jobPython:
-            managed = Path(self.managedEnvironmentDir()) / "bin" / "python"
+            from VistaFinetuneLib.jobs.environment import venv_python
+
+            managed = venv_python(self.managedEnvironmentDir())  # bin/python, or Scripts\python.exe on Windows
             parameterNode.jobPython = str(managed) if managed.is_file() else self.slicerPython()
 
     def controller(self, parameterNode):

@@ -18,6 +18,7 @@ from pathlib import Path
 from VistaFinetuneLib.bundle.compat import FLOAT_TARGET_LOSS, monai_version_tuple
 from VistaFinetuneLib.environment import PACKAGES
 from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.jobs import processes
 from VistaFinetuneLib.jobs.child_env import child_environment
 from VistaFinetuneLib.resources import RESOURCES
 
@@ -232,13 +233,26 @@ def choose_cuda_build(cuda: str | None, gpu_present: bool) -> str:
     return "cpu"
 
 
+def venv_python(directory: Path | str) -> Path:
+    """The interpreter of the venv in ``directory``: ``Scripts\\python.exe`` on Windows, ``bin/python`` elsewhere; an
+    existing one in the other layout is found as well (a venv made by another tool or copied)."""
+    directory = Path(directory)
+    layouts = [("Scripts", "python.exe"), ("bin", "python")]
+    if not processes.on_windows():
+        layouts.reverse()
+    for folder, name in layouts:
+        if (directory / folder / name).is_file():
+            return directory / folder / name
+    return directory / layouts[0][0] / layouts[0][1]
+
+
 def create_environment_commands(directory: Path | str, cuda: str, python: str = sys.executable) -> list[list[str]]:
     """The commands that create the managed job environment in ``directory`` with ``python``'s venv module: a venv,
     torch, the pinned stack. (In Slicer, ``sys.executable`` is the Slicer application: name PythonSlicer.)"""
     if cuda not in CUDA_BUILDS:
         raise UserError(f"--cuda {cuda}: choose one of {', '.join(CUDA_BUILDS)}")
     directory = Path(directory).absolute()
-    created = str(directory / "bin" / "python")
+    created = str(venv_python(directory))
     return [
         [python, "-m", "venv", str(directory)],
         [created, "-m", "pip", "install", "--upgrade", "pip"],
@@ -261,4 +275,4 @@ def create_environment(
         code = subprocess.run(command, env=child_environment(False)).returncode
         if code != 0:
             raise UserError(f"{shlex.join(command)} failed (exit code {code}); {directory} is incomplete")
-    return str(directory.absolute() / "bin" / "python")
+    return str(venv_python(directory.absolute()))
