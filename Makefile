@@ -8,8 +8,14 @@ STAMP := $(VENV)/.installed
 NEWEST := .venv-newest-monai
 NEWEST_PY := $(NEWEST)/bin/python
 NEWEST_STAMP := $(NEWEST)/.installed
+# The Slicer-Python test environment: only what a stock 3D Slicer ships (numpy 2, scipy, SimpleITK, ...) plus
+# slicer-core and PySide6 as the named stand-ins for its MRML and Qt. The tests of what runs in Slicer's process
+# (Testing/conftest.py: SLICER_PROCESS_TESTS) run there, with .venv as their job environment.
+SLICER_ENV := .venv-slicer
+SLICER_PY := $(SLICER_ENV)/bin/python
+SLICER_STAMP := $(SLICER_ENV)/.installed
 
-.PHONY: demo test test-fast test-newest-monai tiny-weights lint clean
+.PHONY: demo test test-fast test-slicer test-newest-monai tiny-weights lint clean
 
 $(STAMP): $(RES)/requirements-torch.txt $(RES)/requirements.txt $(RES)/requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,11 +28,22 @@ $(STAMP): $(RES)/requirements-torch.txt $(RES)/requirements.txt $(RES)/requireme
 demo: $(STAMP)
 	$(VENV)/bin/vista-finetune demo
 
-test: $(STAMP) lint
+test: $(STAMP) $(SLICER_STAMP) lint
 	$(PY) -m pytest
+	$(SLICER_PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(SLICER_STAMP)
 	$(PY) -m pytest -m unit
+	$(SLICER_PY) -m pytest -m unit
+
+$(SLICER_STAMP): $(RES)/requirements-slicer-test.txt
+	test -x $(SLICER_PY) || $(PYTHON) -m venv $(SLICER_ENV)
+	$(SLICER_PY) -m pip install --quiet --upgrade pip
+	$(SLICER_PY) -m pip install --quiet -r $(RES)/requirements-slicer-test.txt
+	touch $(SLICER_STAMP)
+
+test-slicer: $(STAMP) $(SLICER_STAMP)
+	$(SLICER_PY) -m pytest
 
 $(NEWEST_STAMP): pyproject.toml Makefile
 	test -x $(NEWEST_PY) || $(PYTHON) -m venv $(NEWEST)
@@ -51,4 +68,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(NEWEST)
+	rm -rf $(VENV) $(NEWEST) $(SLICER_ENV)

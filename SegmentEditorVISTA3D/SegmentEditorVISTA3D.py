@@ -1,8 +1,11 @@
+import logging
 import os
 
 import slicer
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import *
+
+MINIMUM_SLICER_VERSION = (5, 10)
 
 
 class SegmentEditorVISTA3D(ScriptedLoadableModule):
@@ -23,6 +26,14 @@ class SegmentEditorVISTA3D(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", self.registerEditorEffect)
 
     def registerEditorEffect(self):
+        version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+        if version < MINIMUM_SLICER_VERSION:  # vtkSlicerSegmentEditorLogic, which the effect uses, is new in 5.10
+            logging.error(
+                _("The VISTA3D Segment Editor effect needs 3D Slicer {minimum} or newer; this is Slicer {version}. "
+                  "It is not registered.").format(minimum="{}.{}".format(*MINIMUM_SLICER_VERSION),
+                                                  version="{}.{}".format(*version))
+            )  # fmt: skip
+            return
         import qSlicerSegmentationsEditorEffectsPythonQt as qSlicerSegmentationsEditorEffects
 
         instance = qSlicerSegmentationsEditorEffects.qSlicerSegmentEditorScriptedEffect(None)

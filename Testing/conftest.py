@@ -2,13 +2,54 @@
 
 import hashlib
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from job_python import ROOT, SLICER_PYTHON, job_python
 
-from VistaFinetuneLib.bundle import tiny_bundle
-from VistaFinetuneLib.data import synthetic
+if SLICER_PYTHON:
+    import slicer_python_guard
+
+    sys.path.insert(0, str(ROOT / "VistaFinetune"))  # the engine, as Slicer's module paths give it (no install here)
+
+    GUARD = slicer_python_guard.install()
+
+# Tests of what runs in Slicer's own process (panel, effect, scene logic): they run in .venv-slicer, with .venv as
+# the job environment, and are left out of the .venv run (a file named on the command line still runs anywhere).
+SLICER_PROCESS_TESTS = {
+    "test_module_setup.py", "test_module_ui.py", "test_module_widget.py", "test_panel_controller.py",
+    "test_effect_classes.py", "test_effect_clicks.py", "test_effect_gui.py", "test_effect_worker.py",
+    "test_effect_rules.py", "test_scene_mapping.py", "test_scene_export.py", "test_scene_results.py",
+    "test_slicer_python.py",
+}  # fmt: skip
+
+from VistaFinetuneLib.bundle import tiny_bundle  # noqa: E402
+from VistaFinetuneLib.data import synthetic  # noqa: E402
+from VistaFinetuneLib.jobs.child_env import child_environment  # noqa: E402
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """Each environment collects its own test files (Slicer-process tests in .venv-slicer, the rest in .venv)."""
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return (collection_path.name in SLICER_PROCESS_TESTS) != SLICER_PYTHON
+    return None
+
+
+@pytest.fixture(autouse=True)
+def only_what_slicer_ships():
+    """In .venv-slicer, a test fails if anything it ran imported a package that Slicer does not ship."""
+    if not SLICER_PYTHON:
+        yield
+        return
+    before = len(GUARD.refused)
+    yield
+    refused = GUARD.refused[before:]
+    assert not refused, f"imported packages that 3D Slicer does not ship: {sorted(set(refused))}"
+
+
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -59,17 +100,19 @@ class SmokeRun:
 def smoke_run(tiny_bundle_dir, tmp_path_factory) -> SmokeRun:
     """``vista-finetune finetune DATASET --smoke --formal-eval`` on micro phantoms, in folders named like a config
     injection (about 2 CPU minutes)."""
-    from VistaFinetuneLib.cli import main
-
     root = tmp_path_factory.mktemp("smoke") / INJECTION
     dataset_dir = root / "data"
     synthetic.write_dataset(dataset_dir, 4, seed=5, spec=synthetic.MICRO_SPEC)
     bundle_before, dataset_before = tree_digest(tiny_bundle_dir), tree_digest(dataset_dir)
     run_dir = root / "run"
-    code = main(
-        ["finetune", str(dataset_dir), "--smoke", "--formal-eval", "--label-mapping", SMOKE_MAPPING,
-         "--learning-rate", "0.002", "--bundle-dir", str(tiny_bundle_dir), "--output-dir", str(run_dir)]
-    )  # fmt: skip
+    args = ["finetune", str(dataset_dir), "--smoke", "--formal-eval", "--label-mapping", SMOKE_MAPPING,
+            "--learning-rate", "0.002", "--bundle-dir", str(tiny_bundle_dir), "--output-dir", str(run_dir)]  # fmt: skip
+    if SLICER_PYTHON:  # the engine's finetune runs in the job environment, as it does from Slicer
+        code = subprocess.run([job_python(), "-m", "VistaFinetuneLib", *args], env=child_environment()).returncode
+    else:
+        from VistaFinetuneLib.cli import main
+
+        code = main(args)
     bundle_after, dataset_after = tree_digest(tiny_bundle_dir), tree_digest(dataset_dir)
     return SmokeRun(run_dir, dataset_dir, bundle_before, bundle_after, dataset_before, dataset_after, code)
 

@@ -69,6 +69,13 @@ class ScriptedEffectStandIn:
     def parameterSetNode(self):
         return self.editorNode
 
+    def buttonEnabled(self) -> bool:
+        """Whether the Segment Editor enables the effect's button (qMRMLSegmentEditorWidget's rule)."""
+        segmentation = self.editorNode.GetSegmentationNode()
+        available = segmentation is not None and segmentation.GetSegmentation().GetNumberOfSegments() > 0
+        selected = bool(self.editorNode.GetSelectedSegmentID())
+        return not self.requireSegments or (available and (selected or not self.perSegment))
+
     def optionsFrame(self):
         return self.frame
 

@@ -147,7 +147,8 @@ class ctkCollapsibleButton(PythonQtStyle, QtWidgets.QGroupBox):
 
 @withPythonQtStyle
 class ctkPathLineEdit(PythonQtStyle, QtWidgets.QWidget):
-    """Stand-in: a path field; ``currentPath`` and ``currentPathChanged(QString)``."""
+    """Stand-in: a path field; ``currentPath``, an inner line edit, and ``currentPathChanged(QString)`` emitted as
+    CTK emits it: only for valid input (CTK's validator pattern is ".+"), so clearing the field emits nothing."""
 
     currentPathChanged = Signal(str)
 
@@ -155,13 +156,17 @@ class ctkPathLineEdit(PythonQtStyle, QtWidgets.QWidget):
         super().__init__(parent)
         layout = QtWidgets.QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self._edit = QtWidgets.QLineEdit(self)
+        self._edit = pythonQtClass(QtWidgets.QLineEdit)(self)
         layout.addWidget(self._edit)
-        self._edit.textChanged.connect(self.currentPathChanged.emit)
+        self._edit.textChanged.connect(self._onTextChanged)
         self._filters = 0
 
+    def _onTextChanged(self, text: str) -> None:
+        if text:
+            self.currentPathChanged.emit(text)
+
     def _getPath(self) -> str:
-        return self._edit.text()
+        return self._edit.property("text")
 
     def _setPath(self, path: str) -> None:
         self._edit.setText(str(path))
@@ -283,14 +288,52 @@ def _fromText(kind: type, text: str):
     return kind(text)
 
 
-class _GuiBinding:
-    """One widget bound to one parameter: read, write and the change signal, by widget kind."""
+class WithinRange:
+    """``Annotated[int, WithinRange(1, 10)]``: the value must lie in [minimum, maximum] (Slicer's validator)."""
 
-    def __init__(self, widget, kind: type) -> None:
+    def __init__(self, minimum, maximum) -> None:
+        self.minimum, self.maximum = minimum, maximum
+
+    def validate(self, value) -> None:
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"{value} is not within [{self.minimum}, {self.maximum}]")
+
+
+class Minimum(WithinRange):
+    def __init__(self, minimum) -> None:
+        super().__init__(minimum, float("inf"))
+
+
+class Maximum(WithinRange):
+    def __init__(self, maximum) -> None:
+        super().__init__(float("-inf"), maximum)
+
+
+def _bounds(annotations: tuple) -> tuple[float, float] | None:
+    """The (minimum, maximum) the validators allow, or None without a range validator."""
+    ranges = [a for a in annotations if isinstance(a, WithinRange)]
+    if not ranges:
+        return None
+    return max(r.minimum for r in ranges), min(r.maximum for r in ranges)
+
+
+class _GuiBinding:
+    """One widget bound to one parameter: read, write and the change signal, by widget kind.
+
+    Like Slicer's spin box connectors, binding replaces the spin box's range (the .ui's is lost): with the
+    annotated Minimum/Maximum/WithinRange, else the whole int range or -inf..+inf."""
+
+    def __init__(self, widget, kind: type, annotations: tuple = ()) -> None:
         self.widget = widget
         if isinstance(widget, QtWidgets.QCheckBox):
             self.read, self.write, self.signal = widget.isChecked, widget.setChecked, widget.toggled
         elif isinstance(widget, (QtWidgets.QSpinBox, QtWidgets.QDoubleSpinBox)):
+            integer = isinstance(widget, QtWidgets.QSpinBox)
+            low, high = (-(2**31), 2**31 - 1) if integer else (float("-inf"), float("inf"))
+            bounds = _bounds(annotations)
+            if bounds is not None:
+                low, high = max(low, bounds[0]), min(high, bounds[1])
+            widget.setRange(int(low) if integer else low, int(high) if integer else high)
             self.read = lambda: widget.property("value")
             self.write, self.signal = widget.setValue, widget.valueChanged
         elif isinstance(widget, QtWidgets.QLineEdit):
@@ -302,7 +345,10 @@ class _GuiBinding:
 
 def parameterNodeWrapper(cls: type) -> type:
     """Typed fields stored as parameters of a vtkMRMLScriptedModuleNode (int, float, str, bool are enough here)."""
-    hints = typing.get_type_hints(cls)
+    annotated = typing.get_type_hints(cls, include_extras=True)
+    hints = {name: kind.__origin__ if typing.get_origin(kind) is typing.Annotated else kind
+             for name, kind in annotated.items()}  # fmt: skip
+    extras = {name: getattr(kind, "__metadata__", ()) for name, kind in annotated.items()}
     defaults = {name: getattr(cls, name) for name in hints if hasattr(cls, name)}
 
     def field(name: str, kind: type) -> property:
@@ -311,6 +357,8 @@ def parameterNodeWrapper(cls: type) -> type:
             return defaults.get(name, kind()) if text == "" and name not in self._set else _fromText(kind, text)
 
         def set_(self, value) -> None:
+            for validator in extras[name]:
+                validator.validate(kind(value))
             self._set.add(name)
             self.parameterNode.SetParameter(name, _toText(kind(value)))
 
@@ -328,7 +376,7 @@ def parameterNodeWrapper(cls: type) -> type:
             name = widget.property("SlicerParameterName")
             if name not in hints:
                 raise ValueError(f"{widget.objectName()}: SlicerParameterName {name!r} is not a parameter")
-            binding = _GuiBinding(widget, hints[name])
+            binding = _GuiBinding(widget, hints[name], extras[name])
             binding.write(getattr(self, name))
             binding.slot = lambda *args, b=binding, n=name: setattr(self, n, b.read())
             binding.signal.connect(binding.slot)
@@ -437,6 +485,8 @@ def makeScriptedLoadableModule(slicer) -> types.ModuleType:
 class AppStandIn:
     """``slicer.app``: the few calls the module makes."""
 
+    majorVersion, minorVersion = 5, 10  # the oldest Slicer the extension supports
+
     def __init__(self, application: QtWidgets.QApplication) -> None:
         self.application = application
 
@@ -484,6 +534,7 @@ class SlicerAppStandIn:
         i18n.translate = lambda context, text: text
         wrapper = types.ModuleType("slicer.parameterNodeWrapper")
         wrapper.parameterNodeWrapper = parameterNodeWrapper
+        wrapper.WithinRange, wrapper.Minimum, wrapper.Maximum = WithinRange, Minimum, Maximum
         modules = {
             "qt": makeQtModule(),
             "slicer.i18n": i18n,
@@ -500,7 +551,25 @@ class SlicerAppStandIn:
         self._set(slicer, "parameterNodeWrapper", wrapper)
         self._set(slicer.util, "errorDisplay", lambda text, *args, **kwargs: self.errors.append(text))
         self._set(slicer.util, "confirmOkCancelDisplay", self._confirm)
+        self.observeMarkups(self.scene)
         return self
+
+    def observeMarkups(self, scene) -> None:
+        """What Slicer's application logic and Markups logic do: a selection node singleton, and every markups node
+        added to the scene becomes the active place list (vtkSlicerMarkupsLogic::OnMRMLSceneNodeAdded)."""
+        import vtk
+
+        if scene.GetNodeByID("vtkMRMLSelectionNodeSingleton") is None:
+            selection = self.slicer.vtkMRMLSelectionNode()
+            selection.SetSingletonTag("Singleton")
+            scene.AddNode(selection)
+
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def onNodeAdded(caller, event, node) -> None:
+            if node is not None and node.IsA("vtkMRMLMarkupsNode"):
+                caller.GetNodeByID("vtkMRMLSelectionNodeSingleton").SetActivePlaceNodeID(node.GetID())
+
+        scene.AddObserver(scene.NodeAddedEvent, onNodeAdded)
 
     def _confirm(self, text, *args, **kwargs) -> bool:
         self.questions.append(text)

@@ -4,16 +4,15 @@ class names, class prompts into new segments, and the worker stopped when Slicer
 tiny bundle); writes and undo go through Slicer's Segment Editor logic (slicer-core).
 """
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import vtk
 from effect_scene import build_effect_scene, copy_run_with_names, xy_of
+from job_python import job_python, job_python_has
 from scipy import ndimage
 from segment_editor_standin import SegmentEditorStandIn, SliceWidgetStandIn, clickInteractor
 
@@ -23,7 +22,7 @@ from VistaFinetuneLib.scene.volume_grid import volume_world_affine
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
-        importlib.util.find_spec("skimage") is None,
+        not job_python_has("skimage"),
         reason="the bundle's point post-processing needs scikit-image (VistaFinetune/Resources/requirements.txt)",
     ),
 ]
@@ -42,7 +41,7 @@ def editor(tiny_bundle_dir, smoke_run_dir, tmp_path_factory):
         import VistaFinetune  # the module whose panel chooses the job environment, bundle and runs folder
 
         parameterNode = VistaFinetune.VistaFinetuneLogic().getParameterNode()
-        parameterNode.jobPython = sys.executable
+        parameterNode.jobPython = job_python()
         parameterNode.bundleDir = str(tiny_bundle_dir)
         parameterNode.runsFolder = str(runs)
         editorNode = scene.editor.GetSegmentEditorNode()
@@ -151,5 +150,5 @@ def test_segment_classes_compare_and_quitting_stops_the_worker(editor):
     else:
         assert "finetuned run that improved" in effect.statusLabel.text
     process = effect.logic.client.connection.process
-    standin.slicer.app.aboutToQuit.emit()
-    assert process.poll() is not None, "the worker still runs after Slicer quit"
+    standin.slicer.app.aboutToQuit.emit()  # the worker is stopped in a thread: Slicer does not wait for it
+    assert standin.processEventsUntil(lambda: process.poll() is not None, 60), "the worker still runs after quitting"

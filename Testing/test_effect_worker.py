@@ -8,13 +8,13 @@ after the worker died.
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from effect_scene import build_effect_scene, copy_run_with_names, xy_of
+from job_python import job_python, job_python_has
 from scipy import ndimage
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
@@ -31,7 +31,7 @@ from VistaFinetuneLib.scene.volume_grid import volume_world_affine
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
-        __import__("importlib").util.find_spec("skimage") is None,
+        not job_python_has("skimage"),
         reason="the bundle's point post-processing needs scikit-image (VistaFinetune/Resources/requirements.txt)",
     ),
 ]
@@ -40,7 +40,7 @@ TIMEOUT_S = 600
 
 @pytest.fixture(scope="module")
 def worker(tiny_bundle_dir, tmp_path_factory):
-    client = WorkerClient(sys.executable, tiny_bundle_dir, tmp_path_factory.mktemp("worker"))
+    client = WorkerClient(job_python(), tiny_bundle_dir, tmp_path_factory.mktemp("worker"))
     yield client
     process = client.connection.process if client.connection else None
     client.close()

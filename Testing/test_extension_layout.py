@@ -93,7 +93,11 @@ def test_extension_cmake_structure():
     assert re.search(r"\bproject\(\s*VistaFinetune\s*\)", text)
     assert re.search(r"\bfind_package\(\s*Slicer\s+REQUIRED\s*\)", text)
     assert "include(${Slicer_USE_FILE})" in text
-    assert cmakeString(text, "EXTENSION_DEPENDS").split() == ["PyTorch"]
+    assert cmakeString(text, "EXTENSION_DEPENDS") == "NA"  # torch and MONAI live in the job environment
+    # The minimum Slicer (vtkSlicerSegmentEditorLogic: 5.10) is declared, checked at configure time and at load.
+    assert cmakeString(text, "VistaFinetune_MINIMUM_SLICER_VERSION") == "5.10"
+    assert re.search(r"if\(\s*Slicer_VERSION\s+VERSION_LESS\s+VistaFinetune_MINIMUM_SLICER_VERSION\s*\)", text)
+    assert "MINIMUM_SLICER_VERSION = (5, 10)" in (MODULE_DIR / "VistaFinetune.py").read_text(encoding="utf-8")
     assert re.search(r"\badd_subdirectory\(\s*VistaFinetune\s*\)", text)
     assert "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in text
     assert "include(${Slicer_EXTENSION_CPACK})" in text
@@ -110,6 +114,12 @@ def test_extension_icon_url_points_at_repository_file():
     for url in screenshots:
         path = re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(.+)", url).group(1)
         assert (ROOT / path).is_file(), f"EXTENSION_SCREENSHOTURLS names {path}, which does not exist"
+    legacy = (ROOT / "VistaFinetune.s4ext").read_text(encoding="utf-8")
+    declared = dict(line.split(" ", 1) for line in legacy.splitlines() if line and not line.startswith("#"))
+    assert declared["depends"].strip() == "NA"
+    for url in declared["screenshoturls"].split() + declared["iconurl"].split():
+        path = re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(.+)", url).group(1)
+        assert (ROOT / path).is_file(), f"VistaFinetune.s4ext names {path}, which does not exist"
 
 
 # (c) ExtensionsIndex catalog entry
@@ -124,7 +134,7 @@ def test_catalog_entry():
     text = cmakeText(EXTENSION_CMAKE)
     assert entry["scm_url"] == cmakeString(text, "EXTENSION_HOMEPAGE")
     assert entry["category"] == cmakeString(text, "EXTENSION_CATEGORY")
-    assert entry["build_dependencies"] == cmakeString(text, "EXTENSION_DEPENDS").split()
+    assert entry["build_dependencies"] == [] and cmakeString(text, "EXTENSION_DEPENDS") == "NA"
     assert entry["build_subdirectory"] == "."
     assert entry["scm_revision"] == "main"
     assert entry["tier"] in (1, 3, 5)
@@ -155,3 +165,17 @@ def test_license_is_apache_2():
     assert "Version 2.0, January 2004" in text
     assert "http://www.apache.org/licenses/" in text
     assert "END OF TERMS AND CONDITIONS" in text
+
+
+# (e) the README's in-Slicer commands
+
+
+def test_readme_slicer_commands_work_as_written():
+    """slicer.util.selectModule raises without a main window; both module folders are given to Slicer."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = readme.replace("\\\n", " ").splitlines()  # shell continuation lines joined
+    commands = [line for line in lines if line.startswith("Slicer ")]
+    assert commands, "no Slicer command in the README"
+    for command in commands:
+        assert not ("--no-main-window" in command and "selectModule" in command), command
+        assert "VistaFinetune" in command and "SegmentEditorVISTA3D" in command, command

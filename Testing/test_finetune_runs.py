@@ -216,6 +216,7 @@ def test_bad_dataset_files_are_named_and_refused(problem, user_dataset, capsys, 
         (["--target-anatomy", "flux capacitor"], "unknown"),
         (["--label-mapping", SMOKE_MAPPING, "--epochs", "0"], "at least one epoch"),
         (["--label-mapping", SMOKE_MAPPING, "--cache-rate", "1.5"], "between 0 and 1"),
+        (["--label-mapping", SMOKE_MAPPING, "--learning-rate", "-0.001"], "must not be negative"),
         ([], "no label mapping"),
     ],
 )

@@ -202,12 +202,12 @@ def test_create_refuses_before_running_anything(tmp_path, monkeypatch, capsys):
 
 def test_create_prints_each_command_before_running_it(tmp_path, monkeypatch):
     ran, printed = [], []
-    monkeypatch.setattr(job_environment.subprocess, "run", lambda command: ran.append(command) or FakeDone(0))
+    monkeypatch.setattr(job_environment.subprocess, "run", lambda command, env: ran.append(command) or FakeDone(0))
     python = create_environment(tmp_path / "env", "cu126", log=printed.append, gpu_present=True)
     assert python == str(tmp_path / "env" / "bin" / "python")
     assert ran == create_environment_commands(tmp_path / "env", "cu126")
     assert printed == ["$ " + " ".join(command) for command in ran]
-    monkeypatch.setattr(job_environment.subprocess, "run", lambda command: FakeDone(1))
+    monkeypatch.setattr(job_environment.subprocess, "run", lambda command, env: FakeDone(1))
     with pytest.raises(UserError, match="venv .* failed \\(exit code 1\\)"):
         create_environment(tmp_path / "env2", "cpu", log=printed.append, gpu_present=False)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from job_python import job_python
 from slicer_app_standin import SlicerAppStandIn
 
 from VistaFinetuneLib.data import synthetic
@@ -97,7 +98,7 @@ def session(tiny_bundle_dir, tmp_path_factory) -> Session:
     try:
         widget = newWidget(module)
         ui = widget.ui
-        ui.jobPythonPathLineEdit.currentPath = sys.executable
+        ui.jobPythonPathLineEdit.currentPath = job_python()
         ui.bundlePathLineEdit.currentPath = str(tiny_bundle_dir)
         ui.datasetPathLineEdit.currentPath = str(dataset)
 
@@ -189,7 +190,7 @@ def widget_unchecked():
 
 
 def test_setup_reports_the_job_environment_and_warns_on_cpu(session):
-    assert f"interpreter: {sys.executable}" in session.environmentText
+    assert f"interpreter: {job_python()}" in session.environmentText
     assert "torch:" in session.environmentText and "packages:" in session.environmentText
     assert session.cpuWarning.startswith("Training would run on the CPU")  # no GPU on the CI machines
 
@@ -359,8 +360,17 @@ def test_cases_from_the_scene_are_exported_and_trained_on(session):
     assert ui.mappingMessagesLabel.text == "Mapping complete."
 
     ui.epochsSpinBox.setValue(1)
+    # Start returns at once: the cases are written in steps (Slicer repaints), and Cancel stops that before a start.
     ui.startButton.click()
-    assert widget.following, session.standIn.errors
+    assert widget.sceneExport is not None and not widget.following, session.standIn.errors
+    assert "Writing the scene cases" in ui.progressLabel.text and ui.cancelButton.isEnabled()
+    cancelled = widget.sceneExport["runDir"]
+    ui.cancelButton.click()
+    assert widget.sceneExport is None and not widget.following and ui.startButton.isEnabled()
+    assert session.standIn.processEventsUntil(lambda: not training_data_path(cancelled).parent.exists(), 30)
+    assert not cancelled.exists()  # no job was started
+    ui.startButton.click()
+    assert session.standIn.processEventsUntil(lambda: widget.following, 120), session.standIn.errors
     runDir = widget.controller.run_dir
     exported = training_data_path(runDir).parent / "dataset"
     items = json.loads((exported / "datalist.json").read_text())["training"]

@@ -1,17 +1,20 @@
 """The panel's Qt-free logic (VistaFinetuneLib.panel): case and mapping rows, the plan, the command, progress,
 results. Real NIfTI files and real bundle configs; the job itself runs in test_module_widget.py."""
 
+import argparse
 import json
+import subprocess
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
+from job_python import job_python
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
-from VistaFinetuneLib.cli import build_parser
 from VistaFinetuneLib.data import synthetic
+from VistaFinetuneLib.data.nifti import read_nifti, write_nifti
 from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.jobs.child_env import child_environment
 from VistaFinetuneLib.jobs.control import JobState
 from VistaFinetuneLib.panel import training_data
 from VistaFinetuneLib.panel.background import BackgroundCall
@@ -43,11 +46,11 @@ def dataset_dir(tmp_path_factory) -> Path:
     """Four micro phantoms (liver=1, spleen=2, left kidney=3) and one broken pair (label on another grid)."""
     root = tmp_path_factory.mktemp("panel-data")
     synthetic.write_dataset(root, 4, seed=3, spec=synthetic.MICRO_SPEC)
-    image = nib.load(root / "imagesTr" / "case_000.nii.gz")
-    nib.save(image, root / "imagesTr" / "zz_broken.nii.gz")
-    shifted = image.affine.copy()
+    image, affine = read_nifti(root / "imagesTr" / "case_000.nii.gz")
+    write_nifti(root / "imagesTr" / "zz_broken.nii.gz", image, affine)
+    shifted = affine.copy()
     shifted[:3, 3] += 5.0
-    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), shifted), root / "labelsTr" / "zz_broken.nii.gz")
+    write_nifti(root / "labelsTr" / "zz_broken.nii.gz", np.zeros(image.shape, np.uint8), shifted)
     (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "Liver", "2": "spleen",
                                                               "3": "L kidney"}}))  # fmt: skip
     return root
@@ -114,13 +117,22 @@ def test_plan_prefills_from_the_engine_and_the_bundle():
     assert gpu.patch_size == [128, 128, 128]  # sized by the free GPU memory
 
 
+def parsed_by_the_engine(command: list[str]) -> argparse.Namespace:
+    """The engine's command line parser's reading of ``command``, in the job environment (where the CLI runs)."""
+    code = ("import json, sys; from VistaFinetuneLib.cli import build_parser; "
+            "print(json.dumps(vars(build_parser().parse_args(json.loads(sys.argv[1]))), default=str))")  # fmt: skip
+    done = subprocess.run([job_python(), "-c", code, json.dumps([str(part) for part in command])],
+                          capture_output=True, text=True, env=child_environment(), check=True)  # fmt: skip
+    return argparse.Namespace(**json.loads(done.stdout))
+
+
 def test_the_command_is_one_the_engine_accepts(tmp_path):
     settings = TrainingSettings(epochs=3, learning_rate=2e-4, patch_size=[64, 64, 32], cache_rate=0.5,
                                 class_prompts_only=True)  # fmt: skip
     command = finetune_command(
         tmp_path / "d.json", tmp_path / "run", [[1, 14]], {14: "Left Kidney"}, settings, tmp_path / "bundle"
     )
-    args = build_parser().parse_args(command)
+    args = parsed_by_the_engine(command)
     assert json.loads(args.class_names) == {"14": "Left Kidney"}
     assert (args.epochs, args.learning_rate, args.patch_size, args.cache_rate) == (3, 2e-4, [64, 64, 32], 0.5)
     assert json.loads(args.label_mapping) == [[1, 14]] and args.auto_seg and args.bundle_dir == str(tmp_path / "bundle")

@@ -2,7 +2,6 @@
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 from scene_helpers import ORGAN_VALUES, add_segmentation, add_volume, new_scene, organ_segments, phantom
@@ -10,6 +9,7 @@ from scene_helpers import ORGAN_VALUES, add_segmentation, add_volume, new_scene,
 from VistaFinetuneLib.bundle.labels import LabelCatalog
 from VistaFinetuneLib.data import dataset
 from VistaFinetuneLib.data.geometry import voxel_to_voxel
+from VistaFinetuneLib.data.nifti import read_nifti
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.resources import RESOURCES
 from VistaFinetuneLib.scene import nodes
@@ -65,13 +65,12 @@ def test_export_round_trip_equals_the_nodes(scene_cases, tmp_path):
     assert exported.label_mappings == [[1, 1], [3, 3], [14, 14]]
     assert [c.fold for c in exported.cases] == [1, 1, 0]
     for case, written, (image, label, affine, organ_names) in zip(cases, exported.cases, truths, strict=True):
-        ct, lab = nib.load(written.image), nib.load(written.label)
-        np.testing.assert_allclose(ct.affine, nodes.ijk_to_ras(case.volume), atol=1e-5)
-        np.testing.assert_allclose(lab.affine, affine, atol=1e-5)
-        np.testing.assert_array_equal(np.asarray(ct.dataobj), nodes.voxels(case.volume))
-        np.testing.assert_array_equal(np.asarray(ct.dataobj), image)
-        values = np.asarray(lab.dataobj)
-        assert lab.shape == image.shape
+        (ct, ct_affine), (values, label_affine) = read_nifti(written.image), read_nifti(written.label)
+        np.testing.assert_allclose(ct_affine, nodes.ijk_to_ras(case.volume), atol=1e-5)
+        np.testing.assert_allclose(label_affine, affine, atol=1e-5)
+        np.testing.assert_array_equal(ct, nodes.voxels(case.volume))
+        np.testing.assert_array_equal(ct, image)
+        assert values.shape == image.shape
         expected = np.zeros_like(label)
         for organ, target in (("liver", 1), ("spleen", 3), ("left kidney", 14)):
             if organ in organ_names:
@@ -110,7 +109,7 @@ def test_overlapping_segments_follow_the_rule(tmp_path):
     exported = export_training_set(
         [ExportCase(volumes[0], seg, False), ExportCase(volumes[1], other, True)], choices, CATALOG, tmp_path / "d"
     )
-    values = np.asarray(nib.load(exported.cases[0].label).dataobj)
+    values = read_nifti(exported.cases[0].label)[0]
     assert (values[lesion] == 133).all()  # the lesion, drawn inside the liver, stays a lesion
     assert (values[organ & ~lesion] == 1).all() and (values[~organ] == 0).all()
     assert exported.cases[0].voxels_per_class == {1: int(organ.sum() - lesion.sum()), 133: int(lesion.sum())}

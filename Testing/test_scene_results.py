@@ -4,7 +4,6 @@ tables and training curves, the comparison layout, and point prompts from markup
 import json
 from xml.etree import ElementTree
 
-import nibabel as nib
 import numpy as np
 import pytest
 import slicer
@@ -13,6 +12,7 @@ from scene_helpers import add_segmentation, add_volume, new_scene, phantom
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
 from VistaFinetuneLib.data.geometry import ijk_to_ras
+from VistaFinetuneLib.data.nifti import read_nifti, write_nifti
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.resources import RESOURCES
 from VistaFinetuneLib.scene import nodes
@@ -50,7 +50,7 @@ def ct_and_predictions(tmp_path):
     paths = {}
     for model, array in (("pretrained", pretrained), ("finetuned", finetuned)):
         paths[model] = tmp_path / f"{model}.nii.gz"
-        nib.save(nib.Nifti1Image(array, affine), paths[model])
+        write_nifti(paths[model], array, affine)
     return scene, volume, paths, {"pretrained": pretrained, "finetuned": finetuned}
 
 
@@ -103,9 +103,9 @@ def test_user_names_and_terminology_come_from_the_mapping():
 
 def test_a_prediction_of_another_case_is_refused(ct_and_predictions, tmp_path):
     scene, volume, paths, arrays = ct_and_predictions
-    far = np.asarray(nib.load(paths["pretrained"]).affine).copy()
+    far = read_nifti(paths["pretrained"])[1].copy()
     far[:3, 3] += 1000.0
-    nib.save(nib.Nifti1Image(arrays["pretrained"], far), tmp_path / "far.nii.gz")
+    write_nifti(tmp_path / "far.nii.gz", arrays["pretrained"], far)
     with pytest.raises(UserError, match='far.nii.gz: the prediction does not overlap volume "CT 2"'):
         import_comparison({"pretrained": tmp_path / "far.nii.gz"}, volume, ClassNaming(CATALOG), "CT 2")
     with pytest.raises(UserError, match="missing.nii.gz: the file does not exist"):

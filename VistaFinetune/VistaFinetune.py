@@ -1,23 +1,38 @@
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 
 ENGINE_PACKAGE = "VistaFinetuneLib"
+MINIMUM_SLICER_VERSION = (5, 10)  # the VISTA3D effect uses vtkSlicerSegmentEditorLogic, new in Slicer 5.10
 POLL_INTERVAL_MS = 1000
+EXPORT_STEP_MS = 20  # the scene export reads one case per tick; Slicer repaints in between
 PLOT_SIZE = (360, 120)
+
+
+def slicerVersionProblem() -> str:
+    """Why this Slicer cannot run the extension ("" when it can)."""
+    version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+    if version >= MINIMUM_SLICER_VERSION:
+        return ""
+    return _(
+        "VISTA3D Finetune needs 3D Slicer {minimum} or newer; this is Slicer {version}. "
+        "Install a current Slicer from https://download.slicer.org."
+    ).format(minimum="{}.{}".format(*MINIMUM_SLICER_VERSION), version="{}.{}".format(*version))
 
 
 #
@@ -45,6 +60,9 @@ class VistaFinetune(ScriptedLoadableModule):
             'NVIDIA\'s VISTA3D model, and on <a href="https://www.slicer.org">3D Slicer</a>. '
             "VISTA3D and its weights are provided by NVIDIA under their own license terms."
         )
+        if slicerVersionProblem():
+            logging.error(slicerVersionProblem())
+            self.parent.helpText = slicerVersionProblem() + "<br>" + self.parent.helpText
 
 
 #
@@ -61,10 +79,11 @@ class VistaFinetuneParameterNode:
     runsFolder: str = ""
     datasetDir: str = ""
     datalist: str = ""
-    epochs: int = 5
-    learningRate: float = 5e-5
+    # Slicer's GUI connectors replace a bound spin box's range unless the field says it: these are the .ui's.
+    epochs: Annotated[int, WithinRange(1, 10000)] = 5
+    learningRate: Annotated[float, WithinRange(0.0, 1.0)] = 5e-5
     patchSize: str = "[128, 128, 128]"
-    cacheRate: float = 1.0
+    cacheRate: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
     classPromptsOnly: bool = False
     runDir: str = ""  # the run the panel follows
 
@@ -94,6 +113,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setupJobDone = None  # what to do when that job completes
         self.timer = None
         self.following = False
+        self.sceneExport = None  # the scene cases being written before a start (see startSceneExport)
         self.sceneCases = []  # (volume, segmentation) pairs added from the scene; empty: a folder or datalist
         self.reviewRows = []  # the Review table's rows (ClassDice)
         self.reviewScene = None  # the loaded case: its nodes
@@ -102,6 +122,11 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if slicerVersionProblem():  # say so in the panel instead of failing on a missing Slicer class later
+            self.versionLabel = qt.QLabel(slicerVersionProblem())
+            self.versionLabel.wordWrap = True
+            self.layout.addWidget(self.versionLabel)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/VistaFinetune.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -111,6 +136,9 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onPollTimer)
+        self.exportTimer = qt.QTimer()
+        self.exportTimer.setInterval(EXPORT_STEP_MS)
+        self.exportTimer.connect("timeout()", self.onExportStep)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -129,7 +157,13 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadReviewButton.connect("clicked(bool)", self.onLoadReview)
         self.ui.reviewTableWidget.connect("cellClicked(int,int)", self.onReviewRowClicked)
         for name, edit in self.pathEdits().items():
-            edit.connect("currentPathChanged(QString)", lambda path, name=name: self.onPathChanged(name, path))
+            # ctkPathLineEdit signals currentPathChanged only for valid (non-empty) input: watch its line edit so
+            # that clearing a field is stored too (an empty bundle folder means the tiny bundle again).
+            lineEdit = edit.findChild(qt.QLineEdit)
+            if lineEdit is not None:
+                lineEdit.connect("textChanged(QString)", lambda text, name=name: self.onPathChanged(name, text))
+            else:
+                edit.connect("currentPathChanged(QString)", lambda path, name=name: self.onPathChanged(name, path))
 
         self.initializeParameterNode()
         self.updateButtons()
@@ -150,12 +184,15 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.timer is not None:
             self.timer.stop()
         if self.worker is not None:
-            self.worker.close()
+            from VistaFinetuneLib.panel.background import close_in_background
+
+            close_in_background(self.worker)
             self.worker = None
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:  # None: this Slicer is too old (setup said so)
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -164,6 +201,8 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.timer.stop()
+        self.stopSceneExport()
+        self.following = False  # the closing scene's run: re-attached from the next scene's parameter node
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -187,8 +226,15 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             for name, edit in self.pathEdits().items():
                 edit.currentPath = getattr(self._parameterNode, name)
-            self.controller = self.logic.controller(self._parameterNode)
+            self.replaceController()
         self.updateButtons()
+
+    def replaceController(self) -> None:
+        """A controller for the chosen runs folder and job Python; the run being followed stays followed."""
+        followed = self.controller.run_dir if self.controller is not None and self.following else None
+        self.controller = self.logic.controller(self._parameterNode)
+        if followed is not None:
+            self.controller.attach(followed)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         self.updateButtons()
@@ -197,10 +243,10 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and getattr(self._parameterNode, name) != path:
             setattr(self._parameterNode, name, path)
             if name in ("runsFolder", "jobPython"):
-                self.controller = self.logic.controller(self._parameterNode)
+                self.replaceController()
 
     def updateButtons(self) -> None:
-        running = self.following
+        running = self.following or self.sceneExport is not None
         hasData = bool(self.caseRows)
         self.ui.startButton.setEnabled(hasData and not running)
         self.ui.startButton.setToolTip(
@@ -244,7 +290,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         directory = Path(self.logic.managedEnvironmentDir())
         cuda = self.ui.cudaComboBox.currentText
-        commands = managed_environment_commands(directory, cuda)
+        commands = managed_environment_commands(directory, cuda, self.logic.slicerPython())
         question = _(
             "Create the managed job environment in\n{directory}\n\nIt runs these commands (Slicer's own Python is "
             "not changed):\n\n{commands}\n\nThis downloads about 3 GB and takes several minutes. Continue?"
@@ -256,8 +302,9 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except UserError as error:
             self.showError(str(error))
             return
-        python = str(directory / "bin" / "python")
-        self.setupJobDone = lambda: self.setPath("jobPython", python)
+        from VistaFinetuneLib.jobs.environment import venv_python
+
+        self.setupJobDone = lambda: self.setPath("jobPython", str(venv_python(directory)))  # read once it exists
         self.ui.bundleProgressBar.setRange(0, 0)
         self.timer.start()
 
@@ -347,17 +394,19 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         choices = suggest_mapping(self.sceneSegments(), self.catalog)
         return [MappingRow(index + 1, name, choice.class_id) for index, (name, choice) in enumerate(choices.items())]
 
-    def exportSceneCases(self, folder: Path):
-        """Write the scene cases as a training set (the scene logic: the CT's grid, class ids as label values)."""
-        from VistaFinetuneLib.scene.export import ExportCase, export_training_set
+    def sceneChoices(self) -> dict:
         from VistaFinetuneLib.scene.mapping import ClassChoice
 
-        choices = {row.name: ClassChoice(row.class_id, "user") for row in self.mappingRows}
-        cases = [
+        return {row.name: ClassChoice(row.class_id, "user") for row in self.mappingRows}
+
+    def sceneExportCases(self) -> list:
+        """The scene cases to export (the scene logic: the CT's grid, class ids as label values)."""
+        from VistaFinetuneLib.scene.export import ExportCase
+
+        return [
             ExportCase(volume, segmentation, row.validation)
             for (volume, segmentation), row in zip(self.sceneCases, self.caseRows, strict=True)
         ]
-        return export_training_set(cases, choices, self.catalog, folder)
 
     def showCases(self, rows) -> None:
         from VistaFinetuneLib.panel import training_data
@@ -513,28 +562,20 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStart(self) -> None:
         from VistaFinetuneLib.errors import UserError
-        from VistaFinetuneLib.panel.controller import training_data_path
 
         bundleDir = self.logic.bundleDir(self._parameterNode) if self._parameterNode.bundleDir else None
         try:
+            settings = self.trainingSettings()
             if self.sceneCases:
-                runDir = self.controller.new_run_dir()
-                exported = self.exportSceneCases(training_data_path(runDir).parent / "dataset")
-                view = self.controller.start_exported(
-                    runDir,
-                    exported.datalist,
-                    exported.label_mappings,
-                    exported.class_names,
-                    self.trainingSettings(),
-                    bundleDir,
-                )
-            else:
-                view = self.controller.start(
-                    self.caseRows, self.mappingRows, self.catalog, self.trainingSettings(), bundleDir
-                )
+                self.startSceneExport(settings, bundleDir)
+                return
+            view = self.controller.start(self.caseRows, self.mappingRows, self.catalog, settings, bundleDir)
         except UserError as error:
             self.showError(str(error))
             return
+        self.followStartedRun(view)
+
+    def followStartedRun(self, view) -> None:
         self._parameterNode.runDir = str(self.controller.run_dir)
         self.results = None
         self.following = True
@@ -542,9 +583,88 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.start()
         self.updateButtons()
 
+    def startSceneExport(self, settings, bundleDir) -> None:
+        """Write the scene cases as a training set, then start on it. Slicer never waits: one case is read from
+        the scene per timer tick (MRML work stays on this thread) and its files are written in a thread; Cancel
+        stops it between cases."""
+        from VistaFinetuneLib.panel.controller import training_data_path
+        from VistaFinetuneLib.scene.export import TrainingSetWriter
+
+        runDir = self.controller.new_run_dir()
+        writer = TrainingSetWriter(self.sceneExportCases(), self.sceneChoices(), self.catalog,
+                                   training_data_path(runDir).parent / "dataset")  # fmt: skip
+        self.sceneExport = {"writer": writer, "runDir": runDir, "settings": settings, "bundleDir": bundleDir,
+                            "next": 0, "writing": None}  # fmt: skip
+        self.showExportProgress()
+        self.exportTimer.start()
+        self.updateButtons()
+
+    def showExportProgress(self) -> None:
+        export = self.sceneExport
+        total = len(export["writer"].cases)
+        written = len(export["writer"].exported)
+        self.ui.progressLabel.setText(
+            _("Writing the scene cases for training: {written} of {total} written").format(written=written, total=total)
+        )
+        self.ui.progressBar.setValue(int(10 * written / max(total, 1)))
+
+    def onExportStep(self) -> None:
+        from VistaFinetuneLib.errors import UserError
+        from VistaFinetuneLib.panel.background import BackgroundCall
+
+        export = self.sceneExport
+        if export is None:
+            self.exportTimer.stop()
+            return
+        writing = export["writing"]
+        if writing is not None and not writing.done:
+            return
+        try:
+            if writing is not None and writing.error is not None:
+                raise UserError(writing.error)
+            writer = export["writer"]
+            if export["next"] < len(writer.cases):
+                arrays = writer.read_case(export["next"])
+                export["next"] += 1
+                export["writing"] = BackgroundCall(lambda: writer.write_case(arrays))
+                self.showExportProgress()
+                return
+            self.exportTimer.stop()
+            self.sceneExport = None
+            training = writer.finish()
+            view = self.controller.start_exported(export["runDir"], training.datalist, training.label_mappings,
+                                                  training.class_names, export["settings"], export["bundleDir"])
+        except UserError as error:
+            self.stopSceneExport()
+            self.showError(str(error))
+            return
+        self.followStartedRun(view)
+
+    def stopSceneExport(self) -> None:
+        """Stop a scene export before its start; its partial files go (in a thread, after the file being written)."""
+        export, self.sceneExport = self.sceneExport, None
+        self.exportTimer.stop()
+        if export is None:
+            return
+        from VistaFinetuneLib.panel.background import BackgroundCall
+
+        writing, folder = export["writing"], export["writer"].dataset_dir.parent
+
+        def removePartialExport():
+            if writing is not None:
+                writing.wait()
+            shutil.rmtree(folder, ignore_errors=True)
+
+        BackgroundCall(removePartialExport)
+        self.updateButtons()
+
     def onCancel(self) -> None:
         from VistaFinetuneLib.errors import UserError
 
+        if self.sceneExport is not None:
+            self.stopSceneExport()
+            self.ui.progressLabel.setText(_("Cancelled before the start: the scene cases were not all written."))
+            return
         try:
             self.showProgress(self.controller.cancel())
         except UserError as error:
@@ -773,14 +893,20 @@ class VistaFinetuneLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def slicerPython() -> str:
-        """The interpreter that runs Slicer's Python (PythonSlicer), used to create the managed environment."""
-        return shutil.which("PythonSlicer") or sys.executable
+        """The interpreter that runs Slicer's Python (PythonSlicer), used to create the managed environment. In
+        Slicer, ``sys.executable`` is the Slicer application itself, so it is only the last resort (outside Slicer)."""
+        name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+        home = getattr(slicer.app, "slicerHome", None)
+        inHome = Path(home) / "bin" / name if home else None
+        return shutil.which("PythonSlicer") or (str(inHome) if inHome and inHome.is_file() else sys.executable)
 
     def setDefaultParameters(self, parameterNode) -> None:
         if not parameterNode.runsFolder:
             parameterNode.runsFolder = str(self.userFolder() / "runs")
         if not parameterNode.jobPython:
-            managed = Path(self.managedEnvironmentDir()) / "bin" / "python"
+            from VistaFinetuneLib.jobs.environment import venv_python
+
+            managed = venv_python(self.managedEnvironmentDir())  # bin/python, or Scripts\python.exe on Windows
             parameterNode.jobPython = str(managed) if managed.is_file() else self.slicerPython()
 
     def controller(self, parameterNode):
@@ -960,8 +1086,8 @@ class VistaFinetuneTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Exporting and finetuning the tiny bundle in the background (1 epoch)")
         ui.epochsSpinBox.value = 1
-        ui.startButton.click()
-        self.assertTrue(widget.following)
+        ui.startButton.click()  # the scene cases are written in steps, then the job starts
+        self.assertTrue(self.waitFor(lambda: widget.following, 120), widget.ui.statusLabel.text)
         exported = widget.controller.run_dir.parent / f"{widget.controller.run_dir.name}.inputs" / "dataset"
         self.assertTrue((exported / "datalist.json").is_file())
         self.assertTrue(self.waitFor(lambda: not widget.following, self.JOB_TIMEOUT_S), ui.logTextEdit.plainText)

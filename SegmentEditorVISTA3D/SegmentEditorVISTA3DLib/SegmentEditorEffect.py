@@ -12,6 +12,7 @@ from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.interactive.class_list import model_classes, point_rule, search_classes
 from VistaFinetuneLib.interactive.models import finished_run_choices, pretrained_choice
 from VistaFinetuneLib.interactive.worker_client import WorkerClient
+from VistaFinetuneLib.panel.background import close_in_background
 from VistaFinetuneLib.scene.layout import register_layout, show_comparison
 from VistaFinetuneLib.scene.predictions import ClassNaming, import_comparison
 from VistaFinetuneLib.scene.prompt_logic import PromptLogic, add_class_segment, segment_class
@@ -43,7 +44,7 @@ def stopSharedWorker():
     _sharedWorker["client"] = None
     _sharedWorker["key"] = None
     if client is not None:
-        client.close()
+        close_in_background(client)  # Slicer does not wait for the worker process to exit
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -56,7 +57,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.name = "VISTA3D"  # untranslated: the effect's key
         scriptedEffect.title = _("VISTA3D")
         scriptedEffect.perSegment = True
-        scriptedEffect.requireSegments = True
+        # Class prompts make their own segments and Compare writes none: an empty segmentation, or none selected,
+        # must not disable the button (Slicer enables it if !requireSegments || (segment available and selected)).
+        scriptedEffect.requireSegments = False
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.logic = None
         self.markers = None

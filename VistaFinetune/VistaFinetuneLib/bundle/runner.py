@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.jobs import processes
 from VistaFinetuneLib.resources import ENGINE_ROOT
 
 # monai 1.4.0 emits ~70 of these on import under torch >= 2.9; they say nothing about the run.
@@ -44,6 +46,11 @@ class BundleRun:
 
     def launcher(self) -> list[str]:
         """The interpreter part of the command: plain Python, or torchrun from the same environment."""
+        if self.nproc_per_node > 1 and processes.on_windows():
+            raise UserError(
+                f"{self.nproc_per_node} GPUs: multi-GPU training (torch.distributed with NCCL) does not run on "
+                "Windows; set NPROC_PER_NODE=1 to train on one GPU, or train on Linux"
+            )
         if self.nproc_per_node > 1:
             return [
                 self.python,

@@ -10,20 +10,16 @@ import json
 import os
 import random
 import tempfile
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 
 from VistaFinetuneLib.data.geometry import ijk_to_ras, voxel_spacing_mm
+from VistaFinetuneLib.data.nifti import READ_ERRORS, read_nifti
 from VistaFinetuneLib.errors import UserError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-LOAD_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 MAX_PERCENTILE_SAMPLES = 4_000_000  # larger images get percentiles from an evenly strided sample
 
 
@@ -156,14 +152,12 @@ class DatasetAudit:
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(3D data with scl_slope/inter applied, affine); UserError naming the file if it cannot be read."""
     try:
-        image = nib.load(path)
-        shape = image.shape
-        if len(shape) < 3 or any(size != 1 for size in shape[3:]):
-            raise UserError(f"{path}: shape {shape} is not a single 3D volume")
-        data = np.asanyarray(image.dataobj).reshape(shape[:3])
-    except LOAD_ERRORS as error:
+        data, affine = read_nifti(path)
+    except READ_ERRORS as error:
         raise UserError(f"{path}: cannot read the NIfTI file; it may be corrupt or truncated ({error})") from error
-    return data, np.asarray(image.affine, dtype=np.float64)
+    if data.ndim < 3 or any(size != 1 for size in data.shape[3:]):
+        raise UserError(f"{path}: shape {data.shape} is not a single 3D volume")
+    return data.reshape(data.shape[:3]), affine
 
 
 def _grid_mismatch_mm(affine_a: np.ndarray, affine_b: np.ndarray, shape: tuple[int, ...]) -> float:

@@ -6,14 +6,19 @@ others get ``RUN_DIR/dataset/labels/<case>.nii.gz``, on the same grid (header an
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
-from VistaFinetuneLib.data.dataset import LOAD_ERRORS, Case, DatasetAudit
+from VistaFinetuneLib.data.dataset import Case, DatasetAudit
 from VistaFinetuneLib.errors import UserError
+
+LOAD_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 
 
 def _write_without(source: Path, target: Path, dropped: list[int]) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from VistaFinetuneLib.data.geometry import grid_centre_ras, voxel_centres_ras
+from VistaFinetuneLib.data.nifti import write_nifti
 
 AIR_HU = -1000.0
 FAT_HU = -90.0
@@ -125,9 +125,6 @@ def write_dataset(
         image, label, affine = make_case(seed, index, spec)
         name = f"{prefix}_{index:03d}.nii.gz"
         for folder, array in (("imagesTr", image), ("labelsTr", label)):
-            nifti = nib.Nifti1Image(array, affine)
-            nifti.set_qform(affine, code=1)
-            nifti.set_sform(affine, code=1)
-            nib.save(nifti, out_dir / folder / name)
+            write_nifti(out_dir / folder / name, array, affine)
         items.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
     return items

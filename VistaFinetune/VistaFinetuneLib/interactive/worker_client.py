@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from VistaFinetuneLib.resources import ENGINE_ROOT
+from VistaFinetuneLib.jobs.child_env import child_environment
 
 STARTUP_TIMEOUT_S = 600.0  # importing torch and monai and loading a full-size checkpoint on a slow disk
 SHUTDOWN_GRACE_S = 5.0
@@ -196,8 +196,7 @@ class WorkerClient:
         return command + (["--device", self.device] if self.device else [])
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ENGINE_ROOT), env.get("PYTHONPATH")]))
+        env = child_environment()
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 

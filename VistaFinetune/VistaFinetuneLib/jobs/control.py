@@ -19,9 +19,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from VistaFinetuneLib.bundle.runner import ENGINE_ROOT
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.jobs import processes
+from VistaFinetuneLib.jobs.child_env import child_environment
 from VistaFinetuneLib.jobs.supervisor import MARKER, JobFiles, read_json_or_none, update_job_record
 from VistaFinetuneLib.run_files import write_json_atomic
 
@@ -185,6 +185,11 @@ def _with_output_dir(command: list[str], run_dir: Path) -> list[str]:
     return [*command, "--output-dir", str(run_dir)] if command[:1] == ["finetune"] else command
 
 
+def _new_process_group() -> dict:
+    """Popen arguments that detach the supervisor from this process's group (session on POSIX)."""
+    return {"creationflags": processes.NEW_PROCESS_GROUP} if processes.on_windows() else {"start_new_session": True}
+
+
 def start_job(run_dir: Path, command: list[str], python: str = sys.executable) -> JobState:
     """Start ``python -m VistaFinetuneLib COMMAND...`` as a detached background job writing to ``run_dir``.
 
@@ -208,8 +213,7 @@ def start_job(run_dir: Path, command: list[str], python: str = sys.executable) -
         path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)  # the job's working folder; finetune accepts it empty
     job_command = [python, "-m", "VistaFinetuneLib", *command]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ENGINE_ROOT), env.get("PYTHONPATH")]))
+    env = child_environment()
     with open(files.log, "a", encoding="utf-8") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(job_command)}\n")
         log.flush()
@@ -220,7 +224,7 @@ def start_job(run_dir: Path, command: list[str], python: str = sys.executable) -
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            **_new_process_group(),
         )
     update_job_record(
         files,
@@ -293,8 +297,8 @@ def _kill_without_supervisor(run_dir: Path, grace_seconds: float, wait: bool) ->
             time.sleep(0.05)
         left = job_processes(run_dir)
         if ours and left:
-            processes.signal_group(pgid, signal.SIGKILL)
-        processes.signal_pids(left, signal.SIGKILL)
+            processes.signal_group(pgid, processes.KILL)
+        processes.signal_pids(left, processes.KILL)
 
     if wait:
         finish()
@@ -316,7 +320,10 @@ def cancel_job(run_dir: Path, grace_seconds: float = 10.0, wait: bool = True) ->
     job = read_json_or_none(files.job_json)
     if job is not None:
         write_json_atomic(files.cancel_json, {"requested": time.time(), "grace_seconds": grace_seconds})
-    if current.state == "running" and job is not None and _supervisor_alive(job):
+    if current.state == "running" and job is not None and _supervisor_alive(job) and processes.on_windows():
+        # No SIGTERM to forward on Windows: end the job's tree; the supervisor sees it end and records the cancel.
+        processes.kill_tree(job.get("pid") or job["supervisor_pid"])
+    elif current.state == "running" and job is not None and _supervisor_alive(job):
         try:
             os.kill(job["supervisor_pid"], signal.SIGTERM)
         except ProcessLookupError:

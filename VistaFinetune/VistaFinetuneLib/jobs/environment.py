@@ -18,6 +18,8 @@ from pathlib import Path
 from VistaFinetuneLib.bundle.compat import FLOAT_TARGET_LOSS, monai_version_tuple
 from VistaFinetuneLib.environment import PACKAGES
 from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.jobs import processes
+from VistaFinetuneLib.jobs.child_env import child_environment
 from VistaFinetuneLib.resources import RESOURCES
 
 REQUIREMENTS = RESOURCES / "requirements.txt"
@@ -96,7 +98,9 @@ def probe_interpreter(python: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
     path = resolve_interpreter(python)
     command = [path, "-c", PROBE_CODE, json.dumps(list(PROBE_PACKAGES))]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout_s)
+        done = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", timeout=timeout_s, env=child_environment(False)
+        )
     except subprocess.TimeoutExpired:
         raise UserError(f"{python}: the environment probe did not finish within {timeout_s:.0f} s") from None
     except OSError as error:
@@ -229,17 +233,31 @@ def choose_cuda_build(cuda: str | None, gpu_present: bool) -> str:
     return "cpu"
 
 
-def create_environment_commands(directory: Path | str, cuda: str) -> list[list[str]]:
-    """The commands that create the managed job environment in ``directory``: a venv, torch, the pinned stack."""
+def venv_python(directory: Path | str) -> Path:
+    """The interpreter of the venv in ``directory``: ``Scripts\\python.exe`` on Windows, ``bin/python`` elsewhere; an
+    existing one in the other layout is found as well (a venv made by another tool or copied)."""
+    directory = Path(directory)
+    layouts = [("Scripts", "python.exe"), ("bin", "python")]
+    if not processes.on_windows():
+        layouts.reverse()
+    for folder, name in layouts:
+        if (directory / folder / name).is_file():
+            return directory / folder / name
+    return directory / layouts[0][0] / layouts[0][1]
+
+
+def create_environment_commands(directory: Path | str, cuda: str, python: str = sys.executable) -> list[list[str]]:
+    """The commands that create the managed job environment in ``directory`` with ``python``'s venv module: a venv,
+    torch, the pinned stack. (In Slicer, ``sys.executable`` is the Slicer application: name PythonSlicer.)"""
     if cuda not in CUDA_BUILDS:
         raise UserError(f"--cuda {cuda}: choose one of {', '.join(CUDA_BUILDS)}")
     directory = Path(directory).absolute()
-    python = str(directory / "bin" / "python")
+    created = str(venv_python(directory))
     return [
-        [sys.executable, "-m", "venv", str(directory)],
-        [python, "-m", "pip", "install", "--upgrade", "pip"],
-        [python, "-m", "pip", "install", pinned_torch(), "--index-url", TORCH_INDEX + cuda],
-        [python, "-m", "pip", "install", "-r", str(REQUIREMENTS)],
+        [python, "-m", "venv", str(directory)],
+        [created, "-m", "pip", "install", "--upgrade", "pip"],
+        [created, "-m", "pip", "install", pinned_torch(), "--index-url", TORCH_INDEX + cuda],
+        [created, "-m", "pip", "install", "-r", str(REQUIREMENTS)],
     ]
 
 
@@ -254,7 +272,7 @@ def create_environment(
         log("no NVIDIA GPU on this machine: installing the CPU build of torch")
     for command in create_environment_commands(directory, build):
         log("$ " + shlex.join(command))
-        code = subprocess.run(command).returncode
+        code = subprocess.run(command, env=child_environment(False)).returncode
         if code != 0:
             raise UserError(f"{shlex.join(command)} failed (exit code {code}); {directory} is incomplete")
-    return str(directory.absolute() / "bin" / "python")
+    return str(venv_python(directory.absolute()))

@@ -1,16 +1,56 @@
-"""Process inspection and signalling by pid and process group, without blocking (``/proc`` on Linux)."""
+"""Process inspection and signalling by pid and process group, without blocking (``/proc`` on Linux).
+
+Windows has no process groups to signal, no SIGKILL, and ``os.kill(pid, 0)`` there *terminates* the process: a
+liveness check asks the Windows API instead, and ending a job's processes is ``taskkill /T /F`` of its tree (no
+grace period there).
+"""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
 PR_SET_CHILD_SUBREAPER = 36
+KILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows: no SIGKILL (ending a process there is always forced)
+# Start a job in a process group of its own (Windows: so that Slicer's console events do not reach it).
+NEW_PROCESS_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)
+PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+STILL_ACTIVE = 259
+ERROR_ACCESS_DENIED = 5
+
+
+def on_windows() -> bool:
+    return os.name == "nt"
+
+
+def _kernel32():
+    return ctypes.WinDLL("kernel32")
+
+
+def _windows_alive(pid: int) -> bool:
+    """Whether ``pid`` runs, from the Windows API (OpenProcess + GetExitCodeProcess)."""
+    kernel32 = _kernel32()
+    handle = kernel32.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:
+        return kernel32.GetLastError() == ERROR_ACCESS_DENIED  # it exists, under another user
+    try:
+        code = ctypes.c_ulong()
+        return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def kill_tree(pid: int) -> bool:
+    """Windows: end ``pid`` and every process it started (``taskkill /T /F``); False when it was already gone."""
+    done = subprocess.run(["taskkill", "/PID", str(pid), "/T", "/F"], capture_output=True, text=True)
+    return done.returncode == 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +101,8 @@ def alive(pid: int | None, marker: str | None = None, started: int | None = None
     command line must hold it."""
     if not pid or pid <= 0:
         return False
+    if on_windows():
+        return _windows_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -93,6 +135,8 @@ def all_processes() -> list[ProcessInfo]:
 
 def group_members(pgid: int) -> list[int]:
     """The live (not zombie) processes of process group ``pgid``."""
+    if on_windows():
+        return [pgid] if alive(pgid) else []  # no groups to list: the leader stands for it
     if not has_proc():
         try:
             os.killpg(pgid, 0)
@@ -122,6 +166,8 @@ def signal_group(pgid: int | None, signum: int) -> bool:
     """Send ``signum`` to a process group; False when the group is gone."""
     if not pgid or pgid <= 1:
         return False
+    if on_windows():
+        return kill_tree(pgid)
     try:
         os.killpg(pgid, signum)
     except ProcessLookupError:
@@ -134,7 +180,9 @@ def signal_group(pgid: int | None, signum: int) -> bool:
 def signal_pids(pids: list[int], signum: int) -> None:
     """Send ``signum`` to each pid, ignoring the ones already gone."""
     for pid in pids:
-        if pid > 1 and pid != os.getpid():
+        if pid > 1 and pid != os.getpid() and on_windows():
+            kill_tree(pid)
+        elif pid > 1 and pid != os.getpid():
             try:
                 os.kill(pid, signum)
             except (ProcessLookupError, PermissionError):
@@ -153,7 +201,9 @@ def become_subreaper() -> bool:
 
 
 def reap_children() -> list[int]:
-    """Collect every exited child of this process without waiting; return their pids."""
+    """Collect every exited child of this process without waiting; return their pids (none on Windows)."""
+    if on_windows():
+        return []
     reaped = []
     while True:
         try:

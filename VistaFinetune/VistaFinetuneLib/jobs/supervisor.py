@@ -108,7 +108,7 @@ class Supervisor:
         if process is not None and process.returncode is None:
             self.forced = True
             print("job_supervisor: grace period over: SIGKILL", flush=True)
-            self.signal_job(signal.SIGKILL)
+            self.signal_job(processes.KILL)
 
     def signal_job(self, signum: int) -> None:
         """``signum`` to the job's process group and to every descendant of this supervisor."""
@@ -122,14 +122,18 @@ class Supervisor:
         env = dict(os.environ)
         env["TMPDIR"] = str(self.files.tmp)
         env["PYTHONUNBUFFERED"] = "1"
-        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+        if processes.on_windows():
+            group = {"creationflags": processes.NEW_PROCESS_GROUP}
+        else:
+            group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
         process = subprocess.Popen(
             self.command, cwd=self.files.run_dir, env=env, stdin=subprocess.DEVNULL, **group
         )  # stdout and stderr: the supervisor's own, job.log
-        try:
-            os.setpgid(process.pid, process.pid)  # already done in the child; this closes the race both ways
-        except OSError:
-            pass
+        if not processes.on_windows():
+            try:
+                os.setpgid(process.pid, process.pid)  # already done in the child; this closes the race both ways
+            except OSError:
+                pass
         return process
 
     def clean_up(self, pgid: int) -> None:
@@ -155,14 +159,15 @@ class Supervisor:
         for _ in range(50):
             if not left:
                 break
-            processes.signal_group(pgid, signal.SIGKILL)
-            processes.signal_pids(left, signal.SIGKILL)
+            processes.signal_group(pgid, processes.KILL)
+            processes.signal_pids(left, processes.KILL)
             time.sleep(0.05)
             left = leftovers()
 
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self.on_signal)
+        for name in ("SIGTERM", "SIGINT", "SIGHUP"):  # Windows has no SIGHUP (and ends a process without SIGTERM)
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self.on_signal)
         processes.become_subreaper()
         self.files.tmp.mkdir(parents=True, exist_ok=True)
         self.files.run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +199,7 @@ class Supervisor:
             )
             if self.cancel_requested is not None:  # a cancel that came while the job was being started
                 self.forced = self.kill_due
-                self.signal_job(signal.SIGKILL if self.kill_due else signal.SIGTERM)
+                self.signal_job(processes.KILL if self.kill_due else signal.SIGTERM)
             return_code = self.process.wait()  # a cancel's signal handler and timer do their work meanwhile
             self.clean_up(pgid)
         write_json_atomic(
@@ -203,7 +208,9 @@ class Supervisor:
                 "return_code": return_code,
                 "ended": time.time(),
                 # A job that finished cleanly just as the cancel came stays completed.
-                "cancelled": self.cancel_requested is not None and return_code != 0,
+                # (On Windows a cancel ends the job's tree from outside: cancel.json says it was one.)
+                "cancelled": (self.cancel_requested is not None or self.files.cancel_json.exists())
+                and return_code != 0,
                 "forced_kill": self.forced,
             },
         )

@@ -39,3 +39,11 @@ class BackgroundCall:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done (scripts and tests only); True when done."""
         return self._done.wait(timeout)
+
+
+def close_in_background(closable: Any) -> threading.Thread:
+    """``closable.close()`` in a daemon thread (a worker's shutdown waits for its process): the GUI goes on at once.
+    If Slicer quits meanwhile, the worker sees its parent gone and exits by itself."""
+    thread = threading.Thread(target=closable.close, daemon=True, name="close-in-background")
+    thread.start()
+    return thread

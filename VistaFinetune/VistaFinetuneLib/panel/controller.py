@@ -70,9 +70,11 @@ def describe_environment(python: str) -> EnvironmentReport:
     )
 
 
-def managed_environment_commands(directory: Path, cuda: str) -> list[str]:
-    """What creating the managed job environment in ``directory`` will run, one shell line each (to confirm)."""
-    return [shlex.join(command) for command in job_environment.create_environment_commands(directory, cuda)]
+def managed_environment_commands(directory: Path, cuda: str, python: str) -> list[str]:
+    """What creating the managed job environment in ``directory`` with ``python`` (the interpreter that runs the
+    creation job) will run, one shell line each (to confirm)."""
+    commands = job_environment.create_environment_commands(directory, cuda, python)
+    return [shlex.join(command) for command in commands]
 
 
 @dataclass

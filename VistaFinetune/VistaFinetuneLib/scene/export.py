@@ -20,6 +20,7 @@ import vtk
 from vtkmodules.util import numpy_support
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.data.nifti import write_nifti
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.run_files import write_json_atomic
 from VistaFinetuneLib.scene import nodes
@@ -159,45 +160,92 @@ def case_labels(case: ExportCase, choices: dict[str, ClassChoice]) -> np.ndarray
     return labels
 
 
+@dataclass(frozen=True)
+class CaseArrays:
+    """One case read from the scene, ready to be written by any thread (no MRML object in it)."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+    fold: int
+
+
+class TrainingSetWriter:
+    """An export in steps, so that Slicer never waits on files: :meth:`read_case` takes one case from the scene
+    (MRML: the GUI thread, one case at a time), :meth:`write_case` writes its two files (any thread), and
+    :meth:`finish` writes the datalist and the manifest."""
+
+    def __init__(
+        self, cases: list[ExportCase], choices: dict[str, ClassChoice], catalog: LabelCatalog, dataset_dir: Path
+    ) -> None:
+        self.dataset_dir = Path(dataset_dir).absolute()
+        if self.dataset_dir.exists() and any(self.dataset_dir.iterdir()):
+            raise UserError(f"{self.dataset_dir}: the folder already holds files; export into a new folder")
+        _check_cases(cases)
+        self.cases, self.choices, self.catalog = cases, choices, catalog
+        self.names = _case_names(cases)
+        self.warnings = check_mapping(collect_segments([c.segmentation for c in cases]), choices, catalog)
+        self.segmentation_names = [c.segmentation.GetName() for c in cases]
+        self.volume_names = [c.volume.GetName() for c in cases]
+        self.exported: list[ExportedCase] = []
+
+    def read_case(self, index: int) -> CaseArrays:
+        """Case ``index`` as arrays: its voxels, its mapped labels on the volume's grid and its affine (GUI thread)."""
+        case = self.cases[index]
+        labels = case_labels(case, self.choices)
+        fold = 0 if case.validation else 1
+        return CaseArrays(self.names[index], nodes.voxels(case.volume).copy(), labels, nodes.ijk_to_ras(case.volume),
+                          fold)  # fmt: skip
+
+    def write_case(self, arrays: CaseArrays) -> ExportedCase:
+        """Write one case's image and label files (no MRML: any thread)."""
+        image = self.dataset_dir / "imagesTr" / f"{arrays.name}.nii.gz"
+        label = self.dataset_dir / "labelsTr" / f"{arrays.name}.nii.gz"
+        for path, voxels in ((image, arrays.image), (label, arrays.labels)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_nifti(path, voxels, arrays.affine)
+        values, counts = np.unique(arrays.labels[arrays.labels > 0], return_counts=True)
+        voxels = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        exported = ExportedCase(arrays.name, image, label, arrays.fold, voxels)
+        self.exported.append(exported)
+        return exported
+
+    def finish(self) -> TrainingSet:
+        """Write the datalist and the manifest of the cases written; the training set."""
+        exported = sorted(self.exported, key=lambda e: self.names.index(e.name))
+        items = [{"image": f"imagesTr/{e.name}.nii.gz", "label": f"labelsTr/{e.name}.nii.gz", "fold": e.fold}
+                 for e in exported]  # fmt: skip
+        datalist = self.dataset_dir / "datalist.json"
+        write_json_atomic(datalist, {"training": items})
+        pairs = label_mappings(self.choices)
+        catalog = self.catalog
+        manifest = {
+            "cases": [
+                {"name": e.name, "volume": self.volume_names[i], "segmentation": self.segmentation_names[i],
+                 "fold": e.fold, "voxels_per_class": {str(k): v for k, v in e.voxels_per_class.items()}}
+                for e in exported for i in [self.names.index(e.name)]
+            ],
+            "mapping": {name: {"class_id": ch.class_id,
+                               "class_name": catalog.name(ch.class_id) if ch.class_id else None,
+                               "source": ch.source, "note": ch.note} for name, ch in self.choices.items()},
+            "label_mappings": pairs,
+            "overlap_rule": OVERLAP_RULE,
+            "warnings": self.warnings,
+        }  # fmt: skip
+        write_json_atomic(self.dataset_dir / "export.json", manifest)
+        names: dict[int, str] = {}
+        for name, choice in self.choices.items():
+            if choice.class_id is not None:
+                names.setdefault(choice.class_id, name)
+        return TrainingSet(self.dataset_dir, datalist, pairs, exported, names, self.warnings)
+
+
 def export_training_set(
     cases: list[ExportCase], choices: dict[str, ClassChoice], catalog: LabelCatalog, dataset_dir: Path
 ) -> TrainingSet:
-    """Write every case, the datalist and the manifest into ``dataset_dir`` (a new or empty folder)."""
-    dataset_dir = Path(dataset_dir).absolute()
-    if dataset_dir.exists() and any(dataset_dir.iterdir()):
-        raise UserError(f"{dataset_dir}: the folder already holds files; export into a new folder")
-    _check_cases(cases)
-    warnings = check_mapping(collect_segments([c.segmentation for c in cases]), choices, catalog)
-    exported, items = [], []
-    for name, case in zip(_case_names(cases), cases, strict=True):
-        labels = case_labels(case, choices)
-        image = nodes.write_nifti(case.volume, dataset_dir / "imagesTr" / f"{name}.nii.gz")
-        labelmap = slicer.vtkMRMLLabelMapVolumeNode()
-        nodes.set_voxels(labelmap, labels, nodes.ijk_to_ras(case.volume))
-        label = nodes.write_nifti(labelmap, dataset_dir / "labelsTr" / f"{name}.nii.gz")
-        values, counts = np.unique(labels[labels > 0], return_counts=True)
-        fold = 0 if case.validation else 1
-        voxels = dict(zip(values.tolist(), counts.tolist(), strict=True))
-        exported.append(ExportedCase(name, image, label, fold, voxels))
-        items.append({"image": f"imagesTr/{name}.nii.gz", "label": f"labelsTr/{name}.nii.gz", "fold": fold})
-    datalist = dataset_dir / "datalist.json"
-    write_json_atomic(datalist, {"training": items})
-    pairs = label_mappings(choices)
-    manifest = {
-        "cases": [
-            {"name": e.name, "volume": c.volume.GetName(), "segmentation": c.segmentation.GetName(), "fold": e.fold,
-             "voxels_per_class": {str(k): v for k, v in e.voxels_per_class.items()}}
-            for e, c in zip(exported, cases, strict=True)
-        ],
-        "mapping": {name: {"class_id": ch.class_id, "class_name": catalog.name(ch.class_id) if ch.class_id else None,
-                           "source": ch.source, "note": ch.note} for name, ch in choices.items()},
-        "label_mappings": pairs,
-        "overlap_rule": OVERLAP_RULE,
-        "warnings": warnings,
-    }  # fmt: skip
-    write_json_atomic(dataset_dir / "export.json", manifest)
-    names: dict[int, str] = {}
-    for name, choice in choices.items():
-        if choice.class_id is not None:
-            names.setdefault(choice.class_id, name)
-    return TrainingSet(dataset_dir, datalist, pairs, exported, names, warnings)
+    """Write every case, the datalist and the manifest into ``dataset_dir`` (a new or empty folder), at once."""
+    writer = TrainingSetWriter(cases, choices, catalog, dataset_dir)
+    for index in range(len(cases)):
+        writer.write_case(writer.read_case(index))
+    return writer.finish()

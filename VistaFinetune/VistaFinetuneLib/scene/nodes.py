@@ -55,17 +55,6 @@ def set_voxels(volume_node: slicer.vtkMRMLVolumeNode, array: np.ndarray, affine:
     volume_node.SetIJKToRASMatrix(array_to_matrix(np.asarray(affine, dtype=np.float64)))
 
 
-def write_nifti(volume_node: slicer.vtkMRMLVolumeNode, path: Path) -> Path:
-    """Write a volume (scalar or labelmap) to ``path`` (.nii.gz) with a storage node the scene never sees."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(str(path))
-    storage.SetUseCompression(1)
-    if not storage.WriteData(volume_node):
-        raise UserError(f'{path}: could not write volume "{volume_node.GetName()}"')
-    return path
-
-
 def read_volume(
     scene: slicer.vtkMRMLScene, path: Path, name: str, class_name: str = "vtkMRMLScalarVolumeNode"
 ) -> slicer.vtkMRMLVolumeNode:

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import vtk
 
 from VistaFinetuneLib.bundle.labels import normalise
+from VistaFinetuneLib.data.nifti import read_nifti, write_nifti
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.interactive.class_list import ModelClass, point_rule
 from VistaFinetuneLib.interactive.models import ModelChoice
@@ -192,7 +192,7 @@ class PromptLogic:
             if load is not None:
                 connection.ensure_model(model, load)
             response = connection.call(request)
-            labels = np.asarray(nib.load(response["output"]).dataobj)
+            labels = read_nifti(Path(response["output"]))[0]
             if labels.shape != shape:
                 raise UserError(f"{response['output']}: the prediction has shape {labels.shape}, expected {shape}")
             return {"labels": labels, "response": response}
@@ -221,11 +221,8 @@ class PromptLogic:
 
         def write() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            nifti = nib.Nifti1Image(voxels, affine)
-            nifti.set_qform(affine, code=1)
-            nifti.set_sform(affine, code=1)
             temporary = path.with_name(path.name + ".partial.nii")
-            nib.save(nifti, temporary)
+            write_nifti(temporary, voxels, affine)
             temporary.replace(path)
             if previous is not None and previous != path:
                 previous.unlink(missing_ok=True)

@@ -52,11 +52,26 @@ def click_to_prompt(
 
 
 class PromptMarkers:
-    """Two locked point-list nodes that show the positive (green) and negative (red) clicks in world RAS."""
+    """Two locked point-list nodes that show the positive (green) and negative (red) clicks in world RAS.
+
+    Slicer's Markups logic makes every markups node added to the scene the active place list; the user's own
+    choice is put back after each marker node is added, and again when the markers are removed.
+    """
 
     def __init__(self, scene: slicer.vtkMRMLScene) -> None:
         self.scene = scene
         self.nodes: dict[bool, slicer.vtkMRMLMarkupsFiducialNode] = {}
+        self.users_place_node_id: str | None = None
+
+    def _selection(self):
+        return self.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+
+    def _restore_place_node(self) -> None:
+        selection = self._selection()
+        ours = {node.GetID() for node in self.nodes.values()}
+        if selection is not None and selection.GetActivePlaceNodeID() in ours:
+            wanted = self.users_place_node_id
+            selection.SetActivePlaceNodeID(wanted if wanted and self.scene.GetNodeByID(wanted) else None)
 
     def node(self, positive: bool) -> slicer.vtkMRMLMarkupsFiducialNode:
         """The marker node for one polarity, created on first use (again if the user deleted it)."""
@@ -68,6 +83,9 @@ class PromptMarkers:
         node.SetLocked(True)
         node.SetHideFromEditors(False)
         node.SetSaveWithScene(False)
+        selection = self._selection()
+        if selection is not None and selection.GetActivePlaceNodeID() not in {n.GetID() for n in self.nodes.values()}:
+            self.users_place_node_id = selection.GetActivePlaceNodeID()
         self.scene.AddNode(node)
         node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
@@ -77,6 +95,7 @@ class PromptMarkers:
             display.SetColor(*color)
             display.SetPointLabelsVisibility(False)
         self.nodes[positive] = node
+        self._restore_place_node()
         return node
 
     def show(self, points: list[PointPrompt]) -> None:
@@ -91,7 +110,8 @@ class PromptMarkers:
             node.EndModify(was_modifying)
 
     def remove(self) -> None:
-        """Remove the marker nodes from the scene."""
+        """Remove the marker nodes from the scene; the user's active place list is active again."""
+        self._restore_place_node()
         for node in self.nodes.values():
             if self.scene.IsNodePresent(node):
                 self.scene.RemoveNode(node)
