@@ -390,7 +390,7 @@ def write_config_stacks(
     }
     for name, ckpt in checkpoints_by_phase.items():
         write_json_atomic(configs_dir / f"{name}_overrides.json", staging.evaluation_overrides(ckpt, run_dir / name))
-    user = [p.absolute() for p in request.config_overrides]
+    user = copy_user_overrides(request.config_overrides, configs_dir / "user")
     base = [bundle_dir / "configs" / "train.json", bundle_dir / "configs" / "train_continual.json"]
     multi_gpu = [bundle_dir / "configs" / "multi_gpu_train.json"] if plan.multi_gpu else []
     stacks = {"train": [*base, *multi_gpu, common, train_extra, *user]}
@@ -398,6 +398,19 @@ def write_config_stacks(
         evaluate = bundle_dir / "configs" / "evaluate.json"
         stacks[name] = [*base, evaluate, common, configs_dir / f"{name}_overrides.json", *user]
     return stacks, compat_names
+
+
+def copy_user_overrides(paths: list[Path], folder: Path) -> list[Path]:
+    """The ``--config-override`` files, copied into the run folder (``configs/user/NN-name``), so that the run keeps
+    what it was trained with (prediction builds the model from them too)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for index, path in enumerate(paths, start=1):
+        copy = folder / f"{index:02d}-{path.name}"
+        if path.absolute() != copy.absolute():
+            shutil.copyfile(path, copy)
+        copies.append(copy)
+    return copies
 
 
 def write_run_record(staged: StagedRun, previous: dict) -> None:

@@ -14,6 +14,7 @@ from VistaFinetuneLib.bundle.labels import LabelCatalog
 from VistaFinetuneLib.data.mapping import parse_class_names
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.inference.prompts import SUBCLASS_PARENTS, UPSTREAM_CLASS_PROMPT_IDS, ClassTable
+from VistaFinetuneLib.inference.run_configs import user_overrides_of_run
 from VistaFinetuneLib.run_files import read_user_json
 
 RUN_CHECKPOINTS = ("checkpoints/model_finetune.pt", "checkpoints/model_final.pt")
@@ -39,6 +40,7 @@ class ModelSpec:
     run_dir: Path | None = None
     finetuned_ids: tuple[int, ...] = ()
     user_names: dict[int, str] = field(default_factory=dict)
+    config_overrides: tuple[Path, ...] = ()  # stacked on inference.json: the run's --config-override files, then now's
 
     @property
     def config_file(self) -> Path:
@@ -68,6 +70,7 @@ class ModelSpec:
             "checkpoint": str(self.checkpoint),
             "run_dir": None if self.run_dir is None else str(self.run_dir),
             "class_ids": list(self.finetuned_ids),
+            "config_overrides": [str(p) for p in self.config_overrides],
         }
 
 
@@ -121,4 +124,6 @@ def run_model(run_dir: Path, bundle_dir: Path | None = None, name: str = "finetu
     except (TypeError, ValueError, IndexError):
         raise UserError(f"{run_json}: label_mappings is not a list of [label value, VISTA3D id] pairs") from None
     names = parse_class_names(record.get("class_names"), str(run_json))
-    return ModelSpec(name, check_bundle(bundle_dir), checkpoint, run_dir, ids, names)
+    bundle_dir = check_bundle(bundle_dir)
+    overrides = user_overrides_of_run(record, run_dir, bundle_dir, run_json)
+    return ModelSpec(name, bundle_dir, checkpoint, run_dir, ids, names, overrides)

@@ -1,7 +1,9 @@
 """One model kept warm: the bundle's own network, transforms, sliding-window inferer, evaluator and post-processing,
 built once from its ``configs/inference.json`` with ``monai.bundle.ConfigParser`` and these documented overrides:
 
-- ``bundle_root`` = the bundle folder, ``device`` = the chosen device, ``use_point_window`` when asked;
+- ``bundle_root`` = the bundle folder; the model's config overrides (a run's ``--config-override`` files, then
+  ``predict``'s own: :mod:`VistaFinetuneLib.inference.run_configs`), so a changed network is built as trained;
+- ``device`` = the chosen device, ``use_point_window`` when asked;
 - the post-processing's ``SaveImaged`` is disabled: the label file is written here, on the input's exact grid,
   atomically, with a legend (see :mod:`VistaFinetuneLib.inference.outputs`);
 - the weights are loaded here, after a key-and-shape check that names what does not fit (the bundle's
@@ -30,6 +32,7 @@ import numpy as np
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.inference.models import ModelSpec, sha256_of
 from VistaFinetuneLib.inference.prompts import ImageGrid, Prompts
+from VistaFinetuneLib.inference.run_configs import apply_overrides
 
 MAX_REPORTED_KEYS = 6
 
@@ -159,6 +162,7 @@ class Predictor:
         parser = ConfigParser()
         parser.read_config(str(self.model.config_file))
         parser["bundle_root"] = str(bundle)
+        apply_overrides(parser, self.model.config_overrides)
         if device:
             parser["device"] = f"$torch.device('{device}')"
         if use_point_window is not None:
@@ -189,8 +193,11 @@ class Predictor:
         problems = describe_mismatch(self.network.state_dict(), state)
         if problems:
             raise UserError(
-                f"{checkpoint}: the checkpoint does not fit the network of {self.model.config_file}: "
+                f"{checkpoint}: the checkpoint does not fit the network of {self.model.config_file}"
+                + (f" with {', '.join(map(str, self.model.config_overrides))}" if self.model.config_overrides else "")
+                + ": "
                 + "; ".join(problems)
+                + " (a checkpoint trained with --config-override needs the same override: --config-override FILE)"
             )
         self.network.load_state_dict(state, strict=True)
 
