@@ -47,9 +47,24 @@ def check_override_files(paths: list[Path]) -> tuple[Path, ...]:
     return tuple(checked)
 
 
-def apply_overrides(parser, files: tuple[Path, ...]) -> list[str]:
+def applicable_overrides(config_files: list[Path], files: tuple[Path, ...]) -> dict:
+    """The entries of ``files`` that apply on top of ``config_files`` (see :func:`apply_overrides`), as one
+    override mapping for a ``monai.bundle run`` command line."""
+    if not files:
+        return {}
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in config_files])
+    applied: dict = {}
+    apply_overrides(parser, files, applied)
+    return applied
+
+
+def apply_overrides(parser, files: tuple[Path, ...], applied: dict | None = None) -> list[str]:
     """Stack override files on a parsed inference config, key by key as ``monai.bundle`` does; keys whose parent the
-    inference config lacks (``train#...``) concern training only and are skipped. Returns the skipped keys."""
+    inference config lacks (``train#...``) concern training only and are skipped. Returns the skipped keys; the
+    entries set go into ``applied`` when given."""
     skipped = []
     for path in files:
         for key, value in read_user_json(path, "config override").items():
@@ -64,4 +79,6 @@ def apply_overrides(parser, files: tuple[Path, ...]) -> list[str]:
                 skipped.append(key)
                 continue
             parser[key] = value
+            if applied is not None:
+                applied[key] = value
     return skipped
