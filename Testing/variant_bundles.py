@@ -11,7 +11,8 @@ the CT+MR classes past 132 are a few real names and numbered fillers.
 - model-zoo vista3d 0.5.4: metadata 133 channels without "(deprecated)" marks, docs/labels.json.
 
 Runnable ones are the tiny bundle (its network, weights and scripts) given a variant's facts:
-:func:`write_runnable_ctmr` (ids to 345, everything by modality).
+:func:`write_runnable_ctmr` (ids to 345, everything by modality), :func:`write_runnable_model_zoo` (the sample caps
+of train_continual.json and the inferer that drops class prompts above 132, as in model-zoo vista3d 0.5.4).
 """
 
 import json
@@ -162,3 +163,22 @@ def write_nv_segment_ctmr_facts(folder: Path) -> None:
     imports = inference.setdefault("imports", [])
     inference["imports"] = imports + [i for i in ("$import json", "$import pathlib") if i not in imports]
     write_json(configs / "inference.json", inference)
+
+
+MODEL_ZOO_SAMPLE_CAP = 1  # model-zoo 0.5.4 caps at 10; 1 shows the cap on a four-case dataset
+
+
+def write_runnable_model_zoo(tiny_bundle: Path, folder: Path) -> Path:
+    """The tiny bundle with model-zoo vista3d 0.5.4's traps: ``n_train_samples``/``n_val_samples`` set in
+    train_continual.json, and an inferer whose class-vector drop above ``last_supported`` ignores the points."""
+    shutil.copytree(tiny_bundle, folder)
+    continual = folder / "configs" / "train_continual.json"
+    config = json.loads(continual.read_text())
+    config |= {"n_train_samples": MODEL_ZOO_SAMPLE_CAP, "n_val_samples": MODEL_ZOO_SAMPLE_CAP}
+    write_json(continual, config)
+    inferer = folder / "scripts" / "inferer.py"
+    text = inferer.read_text()
+    guarded = "if class_vector is not None and has_points:"
+    assert guarded in text, "the tiny bundle's inferer changed: update this fixture"
+    inferer.write_text(text.replace(guarded, "if class_vector is not None:"))
+    return folder

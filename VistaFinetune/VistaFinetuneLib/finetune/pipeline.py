@@ -23,6 +23,7 @@ from VistaFinetuneLib import environment
 from VistaFinetuneLib.bundle import tiny_bundle
 from VistaFinetuneLib.bundle.compat import compatibility_overrides, installed_monai
 from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.bundle.old_inferer import check_new_ids
 from VistaFinetuneLib.bundle.runner import BundleRun
 from VistaFinetuneLib.bundle.source import sha256_file
 from VistaFinetuneLib.bundle.variant import identify_variant
@@ -309,6 +310,7 @@ def stage_run(request: FinetuneRequest, run_dir: Path) -> StagedRun:
     audit = dataset.audit_cases(cases)
     mapping, resolution = resolve_mapping(request, catalog, audit.label_values)
     warnings = check_mapping(mapping, audit.label_values, catalog, request.unmapped)
+    check_new_ids(bundle_dir, [target for _, target in mapping], "the mapping's new ids")
     class_names = mapped_class_names(request.class_names, mapping)
     if request.unmapped == "background":  # relabelled copies in the run folder; the user's labels stay as they are
         labels_dir = run_dir / "dataset" / "labels"

@@ -50,6 +50,8 @@ def common_overrides(
         "use_tensorboard": False,
         "epochs": plan.epochs,
         "train_dataset_cache_rate": plan.train_dataset_cache_rate,
+        "n_train_samples": None,  # model-zoo vista3d <= 0.5.8 caps both at 10 cases: every case trains/validates
+        "n_val_samples": None,
     }
     if plan.patch_size is not None:
         overrides["patch_size"] = plan.patch_size

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.bundle.old_inferer import check_new_ids
 from VistaFinetuneLib.data.mapping import parse_class_names
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.inference.prompts import SUBCLASS_PARENTS, UPSTREAM_CLASS_PROMPT_IDS, ClassTable
@@ -125,5 +126,6 @@ def run_model(run_dir: Path, bundle_dir: Path | None = None, name: str = "finetu
         raise UserError(f"{run_json}: label_mappings is not a list of [label value, VISTA3D id] pairs") from None
     names = parse_class_names(record.get("class_names"), str(run_json))
     bundle_dir = check_bundle(bundle_dir)
+    check_new_ids(bundle_dir, ids, "this run's new classes")
     overrides = user_overrides_of_run(record, run_dir, bundle_dir, run_json)
     return ModelSpec(name, bundle_dir, checkpoint, run_dir, ids, names, overrides)
