@@ -320,8 +320,8 @@ def stage_run(request: FinetuneRequest, run_dir: Path) -> StagedRun:
     datalist.parent.mkdir(parents=True, exist_ok=True)
     dataset.write_datalist(cases, datalist)
     env = environment.probe(request.device)
-    plan = plan_training(request, env, bundle_dir, sum(1 for c in cases if c.fold != 0))
     auto_seg = request.auto_seg or request.sanity
+    plan = plan_training(request, env, bundle_dir, sum(1 for c in cases if c.fold != 0), len(mapping), auto_seg)
     stacks, compat_names = write_config_stacks(request, run_dir, bundle_dir, datalist, mapping, plan, auto_seg)
     return StagedRun(
         request, run_dir, bundle_dir, bundle, formal, cases, datalist, source, audit, mapping, resolution,
@@ -346,20 +346,23 @@ def mapped_class_names(text: str | None, mapping: list[list[int]]) -> dict[int, 
     return names
 
 
-def plan_training(request: FinetuneRequest, env: dict, bundle_dir: Path, n_train: int) -> Plan:
-    """The engine's plan for this machine, with the caller's flags and the presets (smoke, sanity) applied."""
-    plan = make_plan(
-        env,
-        n_train,
+def plan_training(
+    request: FinetuneRequest, env: dict, bundle_dir: Path, n_train: int, n_classes: int, auto_seg: bool
+) -> Plan:
+    """The engine's plan for this machine, with the caller's flags and the presets (smoke, sanity) applied;
+    ``n_classes`` mapped classes are prompted each step, with point prompts unless ``auto_seg``."""
+    settings = dict(
         patch_size=flag_or_preset(request.patch_size, SANITY_PATCH, request.sanity),
         cache_rate=request.cache_rate,
         epochs=request.epochs,
         learning_rate=flag_or_preset(request.learning_rate, SANITY_LEARNING_RATE, request.sanity),
         default_epochs=2 if request.smoke else 5,
-        allow_multi_gpu=not (request.sanity or request.smoke),
+        n_classes=n_classes,
+        point_prompts=not auto_seg,
     )
+    plan = make_plan(env, n_train, allow_multi_gpu=not (request.sanity or request.smoke), **settings)
     if plan.multi_gpu and not (bundle_dir / "configs" / "multi_gpu_train.json").is_file():
-        plan = Plan(**{**plan.to_json(), "multi_gpu": False, "nproc_per_node": 1})
+        plan = make_plan(env, n_train, allow_multi_gpu=False, **settings)
         plan.rationale.append("single process: the bundle has no configs/multi_gpu_train.json")
     return plan
 
@@ -390,8 +393,10 @@ def write_config_stacks(
         "eval_pretrained": bundle_dir / "models" / "model.pt",
         "eval_finetuned": run_dir / "checkpoints" / "model_finetune.pt",
     }
+    evaluation_device = request.device if plan.multi_gpu else None  # else in the common overrides
     for name, ckpt in checkpoints_by_phase.items():
-        write_json_atomic(configs_dir / f"{name}_overrides.json", staging.evaluation_overrides(ckpt, run_dir / name))
+        overrides = staging.evaluation_overrides(ckpt, run_dir / name, evaluation_device)
+        write_json_atomic(configs_dir / f"{name}_overrides.json", overrides)
     user = copy_user_overrides(request.config_overrides, configs_dir / "user")
     base = [bundle_dir / "configs" / "train.json", bundle_dir / "configs" / "train_continual.json"]
     multi_gpu = [bundle_dir / "configs" / "multi_gpu_train.json"] if plan.multi_gpu else []
