@@ -99,14 +99,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def predict_multi_gpu(args, model, images: list[Path], outputs: list[Path], classes, table) -> int:
     """``predict --input-dir --gpus N``: torchrun over the bundle's multi-GPU inference configs."""
     from VistaFinetuneLib.bundle.runner import run_bundle
+    from VistaFinetuneLib.inference.everything import folder_everything_ids
     from VistaFinetuneLib.inference.multi_gpu import adopt_bundle_output, bundle_output_of, multi_gpu_run
 
     if not args.input_dir or args.points:
         raise UserError("--gpus N (N > 1) segments a folder (--input-dir) by --classes or --everything")
-    if args.everything:
-        listed = json.loads(model.config_file.read_text(encoding="utf-8")).get("everything_labels")
-        if not isinstance(listed, list):
-            raise UserError(f"{model.config_file}: everything_labels is not a plain list; give --classes")
+    if args.everything:  # a plain list or the bundle's $ expression, evaluated as the bundle would
+        listed = folder_everything_ids(
+            model.config_file, model.bundle_dir, model.config_overrides, images, args.modality
+        )
         class_ids = sorted(set(listed) | set(model.finetuned_ids))
     elif classes:
         class_ids = list(dict.fromkeys(table.resolve(c) for c in classes))

@@ -62,3 +62,21 @@ def modality_of(image: Path, source: Path) -> str:
         f"{image}: not a CT by its intensities (nothing below {CT_AIR_HU:g} HU), and {source} picks its everything "
         f"classes by modality: give --modality {' or '.join(MRI_MODALITIES)} (or {CT_MODALITY})"
     )
+
+
+def folder_everything_ids(
+    config_file: Path, bundle_dir: Path, overrides: tuple[Path, ...], images: list[Path], modality: str | None
+) -> list[int]:
+    """The everything list for a folder batch (``predict --gpus N --everything``): the config file with the
+    model's overrides, evaluated; NV-Segment-CTMR without ``modality`` takes CT_BODY when every image is a CT."""
+    from monai.bundle import ConfigParser
+
+    from VistaFinetuneLib.inference.run_configs import apply_overrides
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    apply_overrides(parser, overrides)
+    config = parser.get()
+    if modality is None and chooses_modality(config):
+        modality = next((modality_of(image, config_file) for image in images if not looks_like_ct(image)), CT_MODALITY)
+    return everything_labels(config, bundle_dir, config_file, modality)
