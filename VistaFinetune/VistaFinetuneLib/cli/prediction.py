@@ -82,6 +82,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if existing:
         raise UserError(f"{existing[0]}: the output exists already; choose a new --output-dir")
     model = selected_model(args)
+    if model.pretrained_weights:
+        print(
+            f"note: {model.run_dir}: its finetuned checkpoint equals the pretrained weights (no epoch beat them, the "
+            "epoch-0 trap): these are the pretrained weights' predictions",
+            file=sys.stderr,
+        )
     if args.gpus > 1:
         return predict_multi_gpu(args, model, images, outputs, classes, model.class_table(names))
     predictor = Predictor(model, args.device, modality=args.modality)

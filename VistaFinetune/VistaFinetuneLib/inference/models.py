@@ -42,6 +42,14 @@ class ModelSpec:
     finetuned_ids: tuple[int, ...] = ()
     user_names: dict[int, str] = field(default_factory=dict)
     config_overrides: tuple[Path, ...] = ()  # stacked on inference.json: the run's --config-override files, then now's
+    pretrained_weights: bool = False  # a run whose checkpoint equals the bundle's weights (the epoch-0 trap)
+
+    @property
+    def weights(self) -> str:
+        """What the weights are, for legends and model info: "pretrained weights" for the epoch-0 trap."""
+        if self.run_dir is None:
+            return "pretrained weights" if self.name == "pretrained" else "checkpoint"
+        return "pretrained weights" if self.pretrained_weights else "finetuned"
 
     @property
     def config_file(self) -> Path:
@@ -72,6 +80,7 @@ class ModelSpec:
             "run_dir": None if self.run_dir is None else str(self.run_dir),
             "class_ids": list(self.finetuned_ids),
             "config_overrides": [str(p) for p in self.config_overrides],
+            "weights": self.weights,
         }
 
 
@@ -128,4 +137,16 @@ def run_model(run_dir: Path, bundle_dir: Path | None = None, name: str = "finetu
     bundle_dir = check_bundle(bundle_dir)
     check_new_ids(bundle_dir, ids, "this run's new classes")
     overrides = user_overrides_of_run(record, run_dir, bundle_dir, run_json)
-    return ModelSpec(name, bundle_dir, checkpoint, run_dir, ids, names, overrides)
+    same = checkpoint_matches_pretrained(run_dir, checkpoint)
+    return ModelSpec(name, bundle_dir, checkpoint, run_dir, ids, names, overrides, same)
+
+
+def checkpoint_matches_pretrained(run_dir: Path, checkpoint: Path) -> bool:
+    """Whether the run's output.json found this checkpoint tensor-for-tensor equal to the pretrained weights (no
+    epoch beat the pretrained model's validation: the bundle kept its epoch-0 copy). False when unknown."""
+    output = run_dir / "output.json"
+    if not output.is_file():
+        return False
+    section = read_user_json(output, "run result").get("output") or {}
+    comparison = (section.get("checkpoint_comparisons_to_pretrained") or {}).get(checkpoint.name) or {}
+    return comparison.get("identical") is True

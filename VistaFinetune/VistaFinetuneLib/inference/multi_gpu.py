@@ -83,6 +83,7 @@ def adopt_bundle_output(
         "labels_file": str(out_path),
         "labels": {"0": {"name": "background", "color": [0, 0, 0]}} | label_entries(labels, class_ids, table.name),
         "model": model.name,
+        "weights": model.weights,
         "checkpoint": str(model.checkpoint),
         "checkpoint_sha256": sha256_of(model.checkpoint),
         "bundle_dir": str(model.bundle_dir),

@@ -59,6 +59,7 @@ def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lamb
         "labels_file": str(output),
         "labels": {"0": {"name": "background", "color": [0, 0, 0]}} | labels,
         "model": predictor.model.name,
+        "weights": predictor.model.weights,
         "checkpoint": str(predictor.model.checkpoint),
         "checkpoint_sha256": predictor.checkpoint_sha256,
         "bundle_dir": str(predictor.model.bundle_dir),
