@@ -9,14 +9,12 @@ Runs in a job process: imports torch (through :mod:`environment` and :mod:`check
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import json
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from VistaFinetuneLib import environment
@@ -31,11 +29,12 @@ from VistaFinetuneLib.data import dataset, label_names, relabel, synthetic
 from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_class_names, parse_mapping
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.finetune import checkpoints, staging
-from VistaFinetuneLib.finetune.formal_dice import FormalDice, formal_dice
-from VistaFinetuneLib.finetune.phases import PHASES, PhaseOutcome, Progress, StatusWriter, run_phases
+from VistaFinetuneLib.finetune.formal_dice import formal_dice
+from VistaFinetuneLib.finetune.phases import PhaseOutcome, Progress, StatusWriter, run_phases
 from VistaFinetuneLib.finetune.plan import Plan, make_plan
 from VistaFinetuneLib.finetune.result import result_document
-from VistaFinetuneLib.finetune.verdict import MIN_IMPROVEMENT, Verdict, decide
+from VistaFinetuneLib.finetune.run_state import FinetuneRequest, RunScores, StagedRun
+from VistaFinetuneLib.finetune.verdict import decide
 from VistaFinetuneLib.jobs.remote_run import write_remote_files
 from VistaFinetuneLib.review.compare import review_run
 from VistaFinetuneLib.run_files import read_json, read_user_json, write_json_atomic
@@ -45,49 +44,6 @@ SMOKE_MAPPING = [[1, 1], [2, 3], [3, 14]]  # synthetic phantoms: liver, spleen, 
 SANITY_MAPPING = [[1, 23]]  # MSD Task06: lung tumour
 SANITY_PATCH = [128, 128, 128]
 SANITY_LEARNING_RATE = 5e-5
-
-
-@dataclass
-class FinetuneRequest:
-    """What the caller asked for (the CLI flags)."""
-
-    output_dir: Path
-    dataset_dir: Path | None = None
-    datalist: Path | None = None
-    bundle_dir: Path | None = None
-    target_anatomy: str | None = None
-    label_mapping: str | None = None
-    patch_size: list[int] | None = None
-    epochs: int | None = None
-    learning_rate: float | None = None
-    cache_rate: float | None = None
-    smoke: bool = False
-    sanity: bool = False
-    auto_seg: bool = False
-    skip_formal_eval: bool = False
-    formal_eval: bool = False
-    skip_review: bool = False
-    config_overrides: list[Path] = field(default_factory=list)
-    device: str | None = None
-    resume: bool = False
-    prepare_only: bool = False
-    min_improvement: float = MIN_IMPROVEMENT
-    class_names: str | None = None  # JSON {"133": "Tumor 1"}: the user's names of mapped classes
-    argv: list[str] = field(default_factory=list)
-    unmapped: str = "refuse"  # or "background": unmapped label values become 0 in staged copies
-    classes: str | None = None  # comma-separated dataset.json label names to finetune
-
-    def to_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self), default=str))
-
-    @classmethod
-    def from_json(cls, data: dict) -> FinetuneRequest:
-        """The inverse of :meth:`to_json`."""
-        paths = ("output_dir", "dataset_dir", "datalist", "bundle_dir")
-        known = {f.name for f in dataclasses.fields(cls)}
-        fields = {k: (Path(v) if k in paths and v is not None else v) for k, v in data.items() if k in known}
-        fields["config_overrides"] = [Path(p) for p in data.get("config_overrides", [])]
-        return cls(**fields)
 
 
 def check_bundle(bundle_dir: Path, formal: bool) -> dict:
@@ -203,54 +159,6 @@ def flag_or_preset(value, preset, preset_on: bool):
     if value is not None:
         return value
     return preset if preset_on else None
-
-
-@dataclass
-class StagedRun:
-    """A run folder ready for the phases: the inputs checked, the plan made, the configs written."""
-
-    request: FinetuneRequest
-    run_dir: Path
-    bundle_dir: Path
-    bundle: dict
-    formal: bool
-    cases: list[dataset.Case]
-    datalist: Path
-    source: str
-    audit: dataset.DatasetAudit
-    mapping: list[list[int]]
-    resolution: dict
-    warnings: list[str]
-    env: dict
-    plan: Plan
-    auto_seg: bool
-    stacks: dict[str, list[Path]]
-    compat_names: list[str]
-    class_names: dict[int, str]
-
-    @property
-    def train_cases(self) -> list[dataset.Case]:
-        return [c for c in self.cases if c.fold != 0]
-
-    @property
-    def val_cases(self) -> list[dataset.Case]:
-        return [c for c in self.cases if c.fold == 0]
-
-    @property
-    def pretrained_ckpt(self) -> Path:
-        return self.bundle_dir / "models" / "model.pt"
-
-    @property
-    def finetuned_ckpt(self) -> Path:
-        return self.run_dir / "checkpoints" / "model_finetune.pt"
-
-    @property
-    def final_ckpt(self) -> Path:
-        return self.run_dir / "checkpoints" / "model_final.pt"
-
-    @property
-    def phases(self) -> list[str]:
-        return [p for p in PHASES if self.formal or p == "train"]
 
 
 def run_finetune(request: FinetuneRequest, progress: Progress | None = None) -> dict:
@@ -469,23 +377,6 @@ def prepared_result(staged: StagedRun) -> dict:
         "run_dir": str(run_dir),
         "commands": write_remote_files(run_dir, runs, staged.plan.nproc_per_node),
     }
-
-
-@dataclass
-class RunScores:
-    """The formal Dice of each evaluated checkpoint, the checkpoint comparisons and the verdict."""
-
-    formal: dict[str, FormalDice]
-    comparisons: dict[str, checkpoints.Comparison]
-    verdict: Verdict | None
-
-    @property
-    def pretrained(self) -> FormalDice | None:
-        return self.formal.get("eval_pretrained")
-
-    @property
-    def finetuned(self) -> FormalDice | None:
-        return self.formal.get("eval_finetuned")
 
 
 def score_run(staged: StagedRun, outcome: PhaseOutcome) -> RunScores:
