@@ -75,7 +75,7 @@ def test_patch_ladder_follows_free_gpu_memory():
     assert patch_for_memory(7_000) == [64, 64, 64]
     assert patch_for_memory(12_000) == [96, 96, 96]
     assert patch_for_memory(20_000) == [128, 128, 128]
-    assert patch_for_memory(40_000) == [160, 160, 160]
+    assert patch_for_memory(26_000) == [160, 160, 160]
     assert patch_for_memory(80_000) == [192, 192, 128]
 
 

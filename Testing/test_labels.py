@@ -296,6 +296,23 @@ def test_two_classes_that_fit_are_refused_with_both_as_candidates(ct, text, cand
     assert {c.id for c in error.value.candidates} == candidates
 
 
+@pytest.mark.parametrize(
+    ("text", "candidates"),
+    [("Tumor", {23, 24, 26, 27, 128}), ("tumours", {23, 24, 26, 27, 128}), ("mass", {23, 24, 26, 27, 128}),
+     ("lesion", {23, 24, 26, 27, 128}), ("cyst", {116, 117}), ("blood vessel", {6, 7, 17, 25, 58, 59, 60, 61}),
+     ("muscle", {98, 99, 100, 101, 102, 103, 104, 105})],
+)  # fmt: skip
+def test_a_generic_word_is_refused_with_the_classes_it_could_mean(ct, text, candidates):
+    with pytest.raises(ResolveError, match=f'generic class "{text}": it names no one structure') as error:
+        ct.resolve(text)
+    assert {c.id for c in error.value.candidates} == candidates
+
+
+def test_a_generic_word_that_is_a_class_name_resolves_to_it(ct):
+    assert ct.resolve("bone") == 21  # the class named "bone" (the skeleton, expanded into its bones)
+    assert ct.resolve("lung tumour") == 23 and ct.resolve("left kidney cyst") == 116
+
+
 def test_no_two_supported_ct_classes_share_a_normalised_name(ct):
     keys = [key for c in ct.classes.values() if not c.deprecated for key in name_keys(c.name)]
     assert len(keys) == len(set(keys))

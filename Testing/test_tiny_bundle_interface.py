@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import pytest
 
+from VistaFinetuneLib import tiny_pretraining
 from VistaFinetuneLib.bundle import tiny_bundle
 from VistaFinetuneLib.bundle.source import sha256_file
 from VistaFinetuneLib.bundle.tiny_bundle import TEMPLATE_DIR
@@ -81,8 +82,8 @@ def test_the_only_weights_shipped_are_the_tiny_models_own():
 def test_the_shipped_weights_were_built_from_todays_template_phantoms_and_recipe():
     record = tiny_bundle.pretraining_record(TEMPLATE_DIR)
     # Changing the configs, scripts, phantom generator or recipe needs new weights: `make tiny-weights`.
-    assert record["build_key"] == tiny_bundle.build_key()
-    assert record["recipe"] == asdict(tiny_bundle.RECIPE)
+    assert record["build_key"] == tiny_pretraining.build_key()
+    assert record["recipe"] == asdict(tiny_pretraining.RECIPE)
     assert record["weights_sha256"] == sha256_file(TEMPLATE_DIR / "models" / "model.pt")
     assert tiny_bundle.ensure_tiny_bundle() == TEMPLATE_DIR
 

@@ -187,7 +187,7 @@ def test_flags_and_the_sanity_preset_win_over_dataset_json_names(tmp_path):
 
     assert resolve_mapping(request(sanity=True), CATALOG, [1])[0] == SANITY_MAPPING
     assert resolve_mapping(request(label_mapping="[[1, 23]]"), CATALOG, [1])[0] == [[1, 23]]
-    with pytest.raises(UserError, match=r"1 'cancer': unknown class .*27: colon cancer primaries.*--label-mapping"):
+    with pytest.raises(UserError, match=r"1 'cancer': generic class .*27: colon cancer primaries.*--label-mapping"):
         resolve_mapping(request(), CATALOG, [1])
     with pytest.raises(UserError, match="--classes picks among dataset.json's label names"):
         resolve_mapping(request(classes="cancer", label_mapping="[[1, 23]]"), CATALOG, [1])

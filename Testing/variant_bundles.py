@@ -9,9 +9,14 @@ the CT+MR classes past 132 are a few real names and numbered fillers.
 - NV-Segment-CTMR 0.0.1s: metadata 346 channels, label_dict.json objects, inference.json ``modality`` choice,
   train.json uses ``@image_key`` without defining it.
 - model-zoo vista3d 0.5.4: metadata 133 channels without "(deprecated)" marks, docs/labels.json.
+
+Runnable ones are the tiny bundle (its network, weights and scripts) given a variant's facts:
+:func:`write_runnable_ctmr` (ids to 345, everything by modality), :func:`write_runnable_model_zoo` (the sample caps
+of train_continual.json and the inferer that drops class prompts above 132, as in model-zoo vista3d 0.5.4).
 """
 
 import json
+import shutil
 from pathlib import Path
 
 from VistaFinetuneLib.bundle.tiny_bundle import TEMPLATE_DIR
@@ -118,4 +123,62 @@ def write_model_zoo_vista3d(folder: Path) -> Path:
     write_json(folder / "docs" / "labels.json", {n: i for i, n in CT_NAMES.items()})
     write_json(folder / "configs" / "inference.json", ct_inference())
     (folder / "large_files.yml").write_text("large_files: []\n")
+    return folder
+
+
+CTMR_EVERYTHING = {"CT_BODY": [1, 14], "MRI_BODY": [3], "MRI_BRAIN": [300]}
+
+
+def write_runnable_ctmr(tiny_bundle: Path, folder: Path) -> Path:
+    """The tiny bundle with NV-Segment-CTMR's facts: the 346-entry table (ids to 345), label_mappings.json, an
+    everything list picked by ``modality`` (default MRI_BODY, as upstream) and an evaluator that takes prompts
+    below 512 (upstream CTMR's limit; the tiny one stops at 255)."""
+    shutil.copytree(tiny_bundle, folder)
+    write_nv_segment_ctmr_facts(folder)
+    evaluator = folder / "scripts" / "evaluator.py"
+    evaluator.write_text(evaluator.read_text().replace(">= 255", ">= 512"))
+    return folder
+
+
+def write_nv_segment_ctmr_facts(folder: Path) -> None:
+    configs = folder / "configs"
+    channel_def = ctmr_channel_def()
+    write_json(configs / "metadata.json", metadata(channel_def, "0.0.1s", modality=["CT", "MRI"]))
+    write_json(
+        configs / "label_dict.json",
+        {n.removesuffix(" (deprecated)"): {"index": int(i), "datasets": ["CT"]} for i, n in channel_def.items()
+         if i != "0"},
+    )  # fmt: skip
+    mappings = {"TotalSegmentatorMR": [[1, 3]], "LUMIR": [[1, 300]]}
+    write_json(configs / "label_mappings.json", mappings)
+    inference = json.loads((configs / "inference.json").read_text())
+    inference |= {
+        "label_mapping": "$json.loads(pathlib.Path(@bundle_root + '/configs/label_mappings.json').read_text())",
+        "ct_body": "$[1, 14]",
+        "mri_body": "$[i[1] for i in @label_mapping['TotalSegmentatorMR']]",
+        "mri_brain": "$[i[1] for i in @label_mapping['LUMIR']]",
+        "modality": "MRI_BODY",
+        "everything_labels": "${'CT_BODY': @ct_body, 'MRI_BODY': @mri_body, 'MRI_BRAIN': @mri_brain}[@modality]",
+    }
+    imports = inference.setdefault("imports", [])
+    inference["imports"] = imports + [i for i in ("$import json", "$import pathlib") if i not in imports]
+    write_json(configs / "inference.json", inference)
+
+
+MODEL_ZOO_SAMPLE_CAP = 1  # model-zoo 0.5.4 caps at 10; 1 shows the cap on a four-case dataset
+
+
+def write_runnable_model_zoo(tiny_bundle: Path, folder: Path) -> Path:
+    """The tiny bundle with model-zoo vista3d 0.5.4's traps: ``n_train_samples``/``n_val_samples`` set in
+    train_continual.json, and an inferer whose class-vector drop above ``last_supported`` ignores the points."""
+    shutil.copytree(tiny_bundle, folder)
+    continual = folder / "configs" / "train_continual.json"
+    config = json.loads(continual.read_text())
+    config |= {"n_train_samples": MODEL_ZOO_SAMPLE_CAP, "n_val_samples": MODEL_ZOO_SAMPLE_CAP}
+    write_json(continual, config)
+    inferer = folder / "scripts" / "inferer.py"
+    text = inferer.read_text()
+    guarded = "if class_vector is not None and has_points:"
+    assert guarded in text, "the tiny bundle's inferer changed: update this fixture"
+    inferer.write_text(text.replace(guarded, "if class_vector is not None:"))
     return folder

@@ -86,12 +86,20 @@ def visible_gpus() -> list[dict]:
     return gpus
 
 
+def gpu_index(device: str | None) -> int:
+    """``cuda:N`` -> N; ``cuda`` (or anything else) -> 0."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", str(device or ""))
+    return int(match.group(1) or 0) if match else 0
+
+
 def probe(device: str | None = None) -> dict:
-    """The environment record of output.json (a superset of the seed skill's ``environment``)."""
+    """The environment record of output.json (a superset of the seed skill's ``environment``); the ``gpu_*``
+    fields describe the chosen GPU (``device``), not always the first."""
     cuda_build = torch_cuda_build()
     gpus = visible_gpus() if cuda_build is not None else []
     chosen = device or ("cuda:0" if gpus else "cpu")
-    first = gpus[0] if gpus else None
+    index = gpu_index(chosen)
+    first = (gpus[index] if index < len(gpus) else gpus[0]) if gpus else None
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

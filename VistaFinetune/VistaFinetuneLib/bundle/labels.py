@@ -3,8 +3,9 @@
 Names are compared as sorted word lists after normalising case, separators, plurals, British spellings,
 left/right abbreviations, ordinals and "of"/"the" phrasing (:func:`normalise`). A name resolves only when
 exactly one class fits: the same words, one part of an "X and Y" name, or the same words but for a qualifier
-such as "gland" (:data:`NAME_QUALIFIERS`, :data:`TEXT_QUALIFIERS`). Deprecated classes (refused by the bundle's
-inference as class prompts) are never chosen: their supported counterpart is, where there is exactly one.
+such as "gland" (:data:`NAME_QUALIFIERS`, :data:`TEXT_QUALIFIERS`). Generic words alone ("Tumor", "lesion",
+"vessel": :data:`GENERIC_WORDS`) are refused with the classes they could mean. Deprecated classes (refused by the
+bundle's inference as class prompts) are never chosen: their supported counterpart is, where there is exactly one.
 """
 
 from __future__ import annotations
@@ -55,6 +56,23 @@ _STOP_WORDS = frozenset({"of", "the", "and", "or"})
 _SIDES = frozenset({"left", "right"})
 NAME_QUALIFIERS = frozenset({"gland", "lung", "vertebra", "muscle"})  # a class name's words the text may omit
 TEXT_QUALIFIERS = frozenset({"gland", "muscle", "bone", "organ", "structure"})  # words the text may add
+# Generic words (no one structure): a text made only of them is refused with the classes it could mean (those whose
+# name holds a related word), unless a class has exactly that name ("bone" is class 21, "muscles" a CT+MR class).
+_TUMOR_WORDS = frozenset({"tumor", "mass", "lesion", "cancer", "neoplasm", "nodule", "metastasis", "primary"})
+_VESSEL_WORDS = frozenset({"vessel", "artery", "vein", "aorta", "cava", "trunk"})
+_BONE_WORDS = frozenset(
+    {"bone", "rib", "vertebra", "femur", "humerus", "scapula", "clavicula", "sternum", "sacrum", "skull", "hip"}
+)
+_MUSCLE_WORDS = frozenset({"muscle", "gluteus", "autochthon", "iliopsoas"})
+GENERIC_WORDS: dict[str, frozenset[str]] = {
+    **dict.fromkeys(("tumor", "mass", "lesion", "cancer", "neoplasm", "nodule", "metastasis", "growth"), _TUMOR_WORDS),
+    "cyst": frozenset({"cyst"}),
+    **dict.fromkeys(("vessel", "vasculature"), _VESSEL_WORDS),
+    **dict.fromkeys(("bone", "skeleton"), _BONE_WORDS),
+    "muscle": _MUSCLE_WORDS,
+}
+_GENERIC_FILLERS = frozenset({"structure", "organ", "blood"})
+MAX_GENERIC_CANDIDATES = 8
 # Deprecated class -> its supported counterparts (by name); a counterpart is offered when it shares a word with
 # what the user typed, so "uterus" is not answered with "prostate".
 COUNTERPARTS: dict[str, tuple[str, ...]] = {
@@ -84,7 +102,8 @@ def _words(text: str) -> list[str]:
     text = _ORDINAL.sub(r"\1", _DEPRECATED.sub("", text.strip()).lower())
     words: list[str] = []
     for word in _SEPARATORS.sub(" ", text).split():
-        words.extend(_singular(w) for w in _WORD_SYNONYMS.get(word, (word,)))
+        synonyms = _WORD_SYNONYMS.get(word) or _WORD_SYNONYMS.get(_singular(word), (word,))
+        words.extend(_singular(w) for w in synonyms)
     for phrase, replacement in _PHRASE_SYNONYMS.items():
         index = 0
         while index + len(phrase) <= len(words):
@@ -304,6 +323,7 @@ class LabelCatalog:
         query = normalise(stripped)
         if not query:
             raise ResolveError("empty class name; give a class name or id from the label table", stripped, [])
+        self._refuse_generic(stripped, query)
         for fits in (
             [c for c in self.classes.values() if query in name_keys(c.name)],
             [c for c in self.classes.values() if _fits_but_for_qualifiers(query, normalise(c.name))],
@@ -329,6 +349,26 @@ class LabelCatalog:
         hint = f"did you mean {', '.join(str(c) for c in candidates[:5])}?" if candidates else "no similar names"
         raise ResolveError(
             f'unknown class "{stripped}": not a class name in {self.source}; {hint}', stripped, candidates[:5]
+        )
+
+    def _refuse_generic(self, text: str, query: tuple[str, ...]) -> None:
+        """Raise :class:`ResolveError` with the candidates when the text is only generic words ("Tumor", "lesion",
+        "vessel") and no class is named exactly so."""
+        words = set(query) - _GENERIC_FILLERS
+        if not words or not words <= set(GENERIC_WORDS):
+            return
+        if any(normalise(c.name) == query for c in self.classes.values()):
+            return
+        related = frozenset().union(*(GENERIC_WORDS[w] for w in words))
+        candidates = [c for c in self.classes.values() if not c.deprecated and related & set(normalise(c.name))]
+        shown = candidates[:MAX_GENERIC_CANDIDATES]
+        listed = ", ".join(str(c) for c in shown)
+        more = f" and {len(candidates) - len(shown)} more" if len(candidates) > len(shown) else ""
+        which = f"it could mean {listed}{more}" if candidates else f"no class of {self.source} is one"
+        raise ResolveError(
+            f'generic class "{text}": it names no one structure; {which}; give the full name or the id',
+            text,
+            shown,
         )
 
     def _resolve_number(self, text: str) -> Resolution:

@@ -30,7 +30,9 @@ def cmd_tiny_bundle(args: argparse.Namespace) -> int:
     dest = Path(args.rebuild).absolute()
     if dest.exists():
         raise UserError(f"{dest}: already exists; --rebuild needs a new folder")
-    record = tiny_bundle.build_tiny_bundle(dest, log=lambda m: print(m, file=sys.stderr))
+    from VistaFinetuneLib import tiny_pretraining
+
+    record = tiny_pretraining.build_tiny_bundle(dest, log=lambda m: print(m, file=sys.stderr))
     print(f"rebuilt {dest / 'models' / 'model.pt'} in {record['seconds']} s")
     print(f"best pretraining val_mean_dice {record['best_val_mean_dice']:.4f}")
     shipped = tiny_bundle.TEMPLATE_DIR / "docs" / "pretraining.json"

@@ -25,18 +25,24 @@ def json_argument(text: str, what: str):
 
 
 def selected_model(args: argparse.Namespace):
-    """The model a predict or serve command names: a finetuned run or checkpoint, else the bundle's own weights."""
+    """The model a predict or serve command names: a finetuned run or checkpoint, else the bundle's own weights;
+    built with the run's config overrides, then those of ``--config-override``."""
+    import dataclasses
+
     from VistaFinetuneLib.inference.models import checkpoint_model, pretrained_model, run_model
+    from VistaFinetuneLib.inference.run_configs import check_override_files
 
     bundle = Path(args.bundle_dir) if args.bundle_dir else None
     if args.run and args.checkpoint:
         raise UserError("give --run or --checkpoint, not both")
     if args.run:
-        return run_model(Path(args.run), bundle)
-    bundle = bundle or tiny_bundle.ensure_tiny_bundle()
-    if args.checkpoint:
-        return checkpoint_model(bundle, Path(args.checkpoint))
-    return pretrained_model(bundle)
+        model = run_model(Path(args.run), bundle)
+    elif args.checkpoint:
+        model = checkpoint_model(bundle or tiny_bundle.ensure_tiny_bundle(), Path(args.checkpoint))
+    else:
+        model = pretrained_model(bundle or tiny_bundle.ensure_tiny_bundle())
+    extra = check_override_files([Path(p) for p in args.config_override])
+    return dataclasses.replace(model, config_overrides=model.config_overrides + extra)
 
 
 def prediction_inputs(args: argparse.Namespace) -> list[Path]:
@@ -76,6 +82,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if existing:
         raise UserError(f"{existing[0]}: the output exists already; choose a new --output-dir")
     model = selected_model(args)
+    if model.pretrained_weights:
+        print(
+            f"note: {model.run_dir}: its finetuned checkpoint equals the pretrained weights (no epoch beat them, the "
+            "epoch-0 trap): these are the pretrained weights' predictions",
+            file=sys.stderr,
+        )
     if args.gpus > 1:
         return predict_multi_gpu(args, model, images, outputs, classes, model.class_table(names))
     predictor = Predictor(model, args.device, modality=args.modality)
@@ -93,14 +105,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def predict_multi_gpu(args, model, images: list[Path], outputs: list[Path], classes, table) -> int:
     """``predict --input-dir --gpus N``: torchrun over the bundle's multi-GPU inference configs."""
     from VistaFinetuneLib.bundle.runner import run_bundle
+    from VistaFinetuneLib.inference.everything import folder_everything_ids
     from VistaFinetuneLib.inference.multi_gpu import adopt_bundle_output, bundle_output_of, multi_gpu_run
 
     if not args.input_dir or args.points:
         raise UserError("--gpus N (N > 1) segments a folder (--input-dir) by --classes or --everything")
-    if args.everything:
-        listed = json.loads(model.config_file.read_text(encoding="utf-8")).get("everything_labels")
-        if not isinstance(listed, list):
-            raise UserError(f"{model.config_file}: everything_labels is not a plain list; give --classes")
+    if args.everything:  # a plain list or the bundle's $ expression, evaluated as the bundle would
+        listed = folder_everything_ids(
+            model.config_file, model.bundle_dir, model.config_overrides, images, args.modality
+        )
         class_ids = sorted(set(listed) | set(model.finetuned_ids))
     elif classes:
         class_ids = list(dict.fromkeys(table.resolve(c) for c in classes))
@@ -127,9 +140,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from VistaFinetuneLib.inference.worker import start_worker
 
     models = []
-    if args.run or args.checkpoint:
+    if args.run or args.checkpoint or args.config_override:  # overrides alone: the bundle's weights, overridden
         models.append(selected_model(args))
-    if not args.no_pretrained:
+    if not args.no_pretrained and (args.run or args.checkpoint or not args.config_override):
         bundle = Path(args.bundle_dir) if args.bundle_dir else (models[0].bundle_dir if models else None)
         models.insert(0, pretrained_model(bundle or tiny_bundle.ensure_tiny_bundle()))
     out_dir = Path(args.output_dir).absolute() if args.output_dir else Path(tempfile.mkdtemp(prefix="vistafinetune-"))
@@ -150,6 +163,9 @@ def add_model_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--device", help="cuda:0, cuda:N or cpu (default: the bundle's choice)")
     command.add_argument("--modality", help="NV-Segment-CTMR: CT_BODY, MRI_BODY or MRI_BRAIN")
     command.add_argument("--no-point-window", action="store_true", help="clicks over the whole image, not windows")
+    command.add_argument(
+        "--config-override", action="append", default=[], help="JSON file stacked on inference.json (after a run's)"
+    )
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:

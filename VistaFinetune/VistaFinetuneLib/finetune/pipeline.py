@@ -9,20 +9,19 @@ Runs in a job process: imports torch (through :mod:`environment` and :mod:`check
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import json
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from VistaFinetuneLib import environment
 from VistaFinetuneLib.bundle import tiny_bundle
 from VistaFinetuneLib.bundle.compat import compatibility_overrides, installed_monai
 from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.bundle.old_inferer import check_new_ids
 from VistaFinetuneLib.bundle.runner import BundleRun
 from VistaFinetuneLib.bundle.source import sha256_file
 from VistaFinetuneLib.bundle.variant import identify_variant
@@ -30,11 +29,12 @@ from VistaFinetuneLib.data import dataset, label_names, relabel, synthetic
 from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_class_names, parse_mapping
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.finetune import checkpoints, staging
-from VistaFinetuneLib.finetune.formal_dice import FormalDice, formal_dice
-from VistaFinetuneLib.finetune.phases import PHASES, PhaseOutcome, Progress, StatusWriter, run_phases
+from VistaFinetuneLib.finetune.formal_dice import formal_dice
+from VistaFinetuneLib.finetune.phases import PhaseOutcome, Progress, StatusWriter, run_phases
 from VistaFinetuneLib.finetune.plan import Plan, make_plan
 from VistaFinetuneLib.finetune.result import result_document
-from VistaFinetuneLib.finetune.verdict import MIN_IMPROVEMENT, Verdict, decide
+from VistaFinetuneLib.finetune.run_state import FinetuneRequest, RunScores, StagedRun
+from VistaFinetuneLib.finetune.verdict import decide
 from VistaFinetuneLib.jobs.remote_run import write_remote_files
 from VistaFinetuneLib.review.compare import review_run
 from VistaFinetuneLib.run_files import read_json, read_user_json, write_json_atomic
@@ -44,49 +44,6 @@ SMOKE_MAPPING = [[1, 1], [2, 3], [3, 14]]  # synthetic phantoms: liver, spleen, 
 SANITY_MAPPING = [[1, 23]]  # MSD Task06: lung tumour
 SANITY_PATCH = [128, 128, 128]
 SANITY_LEARNING_RATE = 5e-5
-
-
-@dataclass
-class FinetuneRequest:
-    """What the caller asked for (the CLI flags)."""
-
-    output_dir: Path
-    dataset_dir: Path | None = None
-    datalist: Path | None = None
-    bundle_dir: Path | None = None
-    target_anatomy: str | None = None
-    label_mapping: str | None = None
-    patch_size: list[int] | None = None
-    epochs: int | None = None
-    learning_rate: float | None = None
-    cache_rate: float | None = None
-    smoke: bool = False
-    sanity: bool = False
-    auto_seg: bool = False
-    skip_formal_eval: bool = False
-    formal_eval: bool = False
-    skip_review: bool = False
-    config_overrides: list[Path] = field(default_factory=list)
-    device: str | None = None
-    resume: bool = False
-    prepare_only: bool = False
-    min_improvement: float = MIN_IMPROVEMENT
-    class_names: str | None = None  # JSON {"133": "Tumor 1"}: the user's names of mapped classes
-    argv: list[str] = field(default_factory=list)
-    unmapped: str = "refuse"  # or "background": unmapped label values become 0 in staged copies
-    classes: str | None = None  # comma-separated dataset.json label names to finetune
-
-    def to_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self), default=str))
-
-    @classmethod
-    def from_json(cls, data: dict) -> FinetuneRequest:
-        """The inverse of :meth:`to_json`."""
-        paths = ("output_dir", "dataset_dir", "datalist", "bundle_dir")
-        known = {f.name for f in dataclasses.fields(cls)}
-        fields = {k: (Path(v) if k in paths and v is not None else v) for k, v in data.items() if k in known}
-        fields["config_overrides"] = [Path(p) for p in data.get("config_overrides", [])]
-        return cls(**fields)
 
 
 def check_bundle(bundle_dir: Path, formal: bool) -> dict:
@@ -204,54 +161,6 @@ def flag_or_preset(value, preset, preset_on: bool):
     return preset if preset_on else None
 
 
-@dataclass
-class StagedRun:
-    """A run folder ready for the phases: the inputs checked, the plan made, the configs written."""
-
-    request: FinetuneRequest
-    run_dir: Path
-    bundle_dir: Path
-    bundle: dict
-    formal: bool
-    cases: list[dataset.Case]
-    datalist: Path
-    source: str
-    audit: dataset.DatasetAudit
-    mapping: list[list[int]]
-    resolution: dict
-    warnings: list[str]
-    env: dict
-    plan: Plan
-    auto_seg: bool
-    stacks: dict[str, list[Path]]
-    compat_names: list[str]
-    class_names: dict[int, str]
-
-    @property
-    def train_cases(self) -> list[dataset.Case]:
-        return [c for c in self.cases if c.fold != 0]
-
-    @property
-    def val_cases(self) -> list[dataset.Case]:
-        return [c for c in self.cases if c.fold == 0]
-
-    @property
-    def pretrained_ckpt(self) -> Path:
-        return self.bundle_dir / "models" / "model.pt"
-
-    @property
-    def finetuned_ckpt(self) -> Path:
-        return self.run_dir / "checkpoints" / "model_finetune.pt"
-
-    @property
-    def final_ckpt(self) -> Path:
-        return self.run_dir / "checkpoints" / "model_final.pt"
-
-    @property
-    def phases(self) -> list[str]:
-        return [p for p in PHASES if self.formal or p == "train"]
-
-
 def run_finetune(request: FinetuneRequest, progress: Progress | None = None) -> dict:
     """Run the whole job; return output.json's content (also written to ``RUN_DIR/output.json``).
 
@@ -309,6 +218,7 @@ def stage_run(request: FinetuneRequest, run_dir: Path) -> StagedRun:
     audit = dataset.audit_cases(cases)
     mapping, resolution = resolve_mapping(request, catalog, audit.label_values)
     warnings = check_mapping(mapping, audit.label_values, catalog, request.unmapped)
+    check_new_ids(bundle_dir, [target for _, target in mapping], "the mapping's new ids")
     class_names = mapped_class_names(request.class_names, mapping)
     if request.unmapped == "background":  # relabelled copies in the run folder; the user's labels stay as they are
         labels_dir = run_dir / "dataset" / "labels"
@@ -318,8 +228,8 @@ def stage_run(request: FinetuneRequest, run_dir: Path) -> StagedRun:
     datalist.parent.mkdir(parents=True, exist_ok=True)
     dataset.write_datalist(cases, datalist)
     env = environment.probe(request.device)
-    plan = plan_training(request, env, bundle_dir, sum(1 for c in cases if c.fold != 0))
     auto_seg = request.auto_seg or request.sanity
+    plan = plan_training(request, env, bundle_dir, sum(1 for c in cases if c.fold != 0), len(mapping), auto_seg)
     stacks, compat_names = write_config_stacks(request, run_dir, bundle_dir, datalist, mapping, plan, auto_seg)
     return StagedRun(
         request, run_dir, bundle_dir, bundle, formal, cases, datalist, source, audit, mapping, resolution,
@@ -344,20 +254,23 @@ def mapped_class_names(text: str | None, mapping: list[list[int]]) -> dict[int, 
     return names
 
 
-def plan_training(request: FinetuneRequest, env: dict, bundle_dir: Path, n_train: int) -> Plan:
-    """The engine's plan for this machine, with the caller's flags and the presets (smoke, sanity) applied."""
-    plan = make_plan(
-        env,
-        n_train,
+def plan_training(
+    request: FinetuneRequest, env: dict, bundle_dir: Path, n_train: int, n_classes: int, auto_seg: bool
+) -> Plan:
+    """The engine's plan for this machine, with the caller's flags and the presets (smoke, sanity) applied;
+    ``n_classes`` mapped classes are prompted each step, with point prompts unless ``auto_seg``."""
+    settings = dict(
         patch_size=flag_or_preset(request.patch_size, SANITY_PATCH, request.sanity),
         cache_rate=request.cache_rate,
         epochs=request.epochs,
         learning_rate=flag_or_preset(request.learning_rate, SANITY_LEARNING_RATE, request.sanity),
         default_epochs=2 if request.smoke else 5,
-        allow_multi_gpu=not (request.sanity or request.smoke),
+        n_classes=n_classes,
+        point_prompts=not auto_seg,
     )
+    plan = make_plan(env, n_train, allow_multi_gpu=not (request.sanity or request.smoke), **settings)
     if plan.multi_gpu and not (bundle_dir / "configs" / "multi_gpu_train.json").is_file():
-        plan = Plan(**{**plan.to_json(), "multi_gpu": False, "nproc_per_node": 1})
+        plan = make_plan(env, n_train, allow_multi_gpu=False, **settings)
         plan.rationale.append("single process: the bundle has no configs/multi_gpu_train.json")
     return plan
 
@@ -388,9 +301,11 @@ def write_config_stacks(
         "eval_pretrained": bundle_dir / "models" / "model.pt",
         "eval_finetuned": run_dir / "checkpoints" / "model_finetune.pt",
     }
+    evaluation_device = request.device if plan.multi_gpu else None  # else in the common overrides
     for name, ckpt in checkpoints_by_phase.items():
-        write_json_atomic(configs_dir / f"{name}_overrides.json", staging.evaluation_overrides(ckpt, run_dir / name))
-    user = [p.absolute() for p in request.config_overrides]
+        overrides = staging.evaluation_overrides(ckpt, run_dir / name, evaluation_device)
+        write_json_atomic(configs_dir / f"{name}_overrides.json", overrides)
+    user = copy_user_overrides(request.config_overrides, configs_dir / "user")
     base = [bundle_dir / "configs" / "train.json", bundle_dir / "configs" / "train_continual.json"]
     multi_gpu = [bundle_dir / "configs" / "multi_gpu_train.json"] if plan.multi_gpu else []
     stacks = {"train": [*base, *multi_gpu, common, train_extra, *user]}
@@ -398,6 +313,19 @@ def write_config_stacks(
         evaluate = bundle_dir / "configs" / "evaluate.json"
         stacks[name] = [*base, evaluate, common, configs_dir / f"{name}_overrides.json", *user]
     return stacks, compat_names
+
+
+def copy_user_overrides(paths: list[Path], folder: Path) -> list[Path]:
+    """The ``--config-override`` files, copied into the run folder (``configs/user/NN-name``), so that the run keeps
+    what it was trained with (prediction builds the model from them too)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for index, path in enumerate(paths, start=1):
+        copy = folder / f"{index:02d}-{path.name}"
+        if path.absolute() != copy.absolute():
+            shutil.copyfile(path, copy)
+        copies.append(copy)
+    return copies
 
 
 def write_run_record(staged: StagedRun, previous: dict) -> None:
@@ -449,23 +377,6 @@ def prepared_result(staged: StagedRun) -> dict:
         "run_dir": str(run_dir),
         "commands": write_remote_files(run_dir, runs, staged.plan.nproc_per_node),
     }
-
-
-@dataclass
-class RunScores:
-    """The formal Dice of each evaluated checkpoint, the checkpoint comparisons and the verdict."""
-
-    formal: dict[str, FormalDice]
-    comparisons: dict[str, checkpoints.Comparison]
-    verdict: Verdict | None
-
-    @property
-    def pretrained(self) -> FormalDice | None:
-        return self.formal.get("eval_pretrained")
-
-    @property
-    def finetuned(self) -> FormalDice | None:
-        return self.formal.get("eval_finetuned")
 
 
 def score_run(staged: StagedRun, outcome: PhaseOutcome) -> RunScores:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from VistaFinetuneLib import __version__
 from VistaFinetuneLib.bundle.runner import BundleRun
 from VistaFinetuneLib.finetune.formal_dice import METHOD as FORMAL_DICE_METHOD
 from VistaFinetuneLib.finetune.phases import PhaseOutcome
-
-if TYPE_CHECKING:  # the pipeline imports this module
-    from VistaFinetuneLib.finetune.pipeline import RunScores, StagedRun
+from VistaFinetuneLib.finetune.run_state import RunScores, StagedRun
 
 DISCLAIMER = (
     "Research use only. Not for clinical deployment, clinical interpretation, autonomous diagnosis or "

@@ -50,19 +50,30 @@ def common_overrides(
         "use_tensorboard": False,
         "epochs": plan.epochs,
         "train_dataset_cache_rate": plan.train_dataset_cache_rate,
+        "n_train_samples": None,  # model-zoo vista3d <= 0.5.8 caps both at 10 cases: every case trains/validates
+        "n_val_samples": None,
     }
     if plan.patch_size is not None:
         overrides["patch_size"] = plan.patch_size
     if plan.learning_rate is not None:
         overrides["learning_rate"] = plan.learning_rate
-    if device is not None:
-        overrides["device"] = device_expression(device)
-        if device == "cpu":
-            overrides["amp"] = False
-            overrides["validate#evaluator#amp"] = False
+    if plan.num_workers is not None:
+        overrides["train#dataloader#num_workers"] = plan.num_workers
+        overrides["validate#dataloader#num_workers"] = plan.num_workers
+    if device is not None and not plan.multi_gpu:  # multi_gpu_train.json's cuda:$LOCAL_RANK must stay
+        overrides |= device_overrides(device)
     if auto_seg:
         overrides["drop_label_prob"] = 0.0
         overrides["drop_point_prob"] = 1.0
+    return overrides
+
+
+def device_overrides(device: str) -> dict:
+    """``--device``: the device expression, and AMP off on the CPU."""
+    overrides: dict = {"device": device_expression(device)}
+    if device == "cpu":
+        overrides["amp"] = False
+        overrides["validate#evaluator#amp"] = False
     return overrides
 
 
@@ -78,6 +89,8 @@ def training_overrides() -> dict:
     return {"+train#handlers": [final_saver]}
 
 
-def evaluation_overrides(checkpoint: Path, output_dir: Path) -> dict:
-    """Formal evaluation of one checkpoint, outputs in its own folder."""
-    return {"ckpt_path": literal(str(checkpoint)), "output_dir": literal(str(output_dir))}
+def evaluation_overrides(checkpoint: Path, output_dir: Path, device: str | None = None) -> dict:
+    """Formal evaluation of one checkpoint, outputs in its own folder; ``device`` when the common overrides leave
+    it out (multi-GPU training: the evaluations run in one process)."""
+    overrides = {"ckpt_path": literal(str(checkpoint)), "output_dir": literal(str(output_dir))}
+    return overrides | (device_overrides(device) if device is not None else {})

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.bundle.old_inferer import check_new_ids
 from VistaFinetuneLib.data.mapping import parse_class_names
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.inference.prompts import SUBCLASS_PARENTS, UPSTREAM_CLASS_PROMPT_IDS, ClassTable
+from VistaFinetuneLib.inference.run_configs import user_overrides_of_run
 from VistaFinetuneLib.run_files import read_user_json
 
 RUN_CHECKPOINTS = ("checkpoints/model_finetune.pt", "checkpoints/model_final.pt")
@@ -39,6 +41,15 @@ class ModelSpec:
     run_dir: Path | None = None
     finetuned_ids: tuple[int, ...] = ()
     user_names: dict[int, str] = field(default_factory=dict)
+    config_overrides: tuple[Path, ...] = ()  # stacked on inference.json: the run's --config-override files, then now's
+    pretrained_weights: bool = False  # a run whose checkpoint equals the bundle's weights (the epoch-0 trap)
+
+    @property
+    def weights(self) -> str:
+        """What the weights are, for legends and model info: "pretrained weights" for the epoch-0 trap."""
+        if self.run_dir is None:
+            return "pretrained weights" if self.name == "pretrained" else "checkpoint"
+        return "pretrained weights" if self.pretrained_weights else "finetuned"
 
     @property
     def config_file(self) -> Path:
@@ -68,6 +79,8 @@ class ModelSpec:
             "checkpoint": str(self.checkpoint),
             "run_dir": None if self.run_dir is None else str(self.run_dir),
             "class_ids": list(self.finetuned_ids),
+            "config_overrides": [str(p) for p in self.config_overrides],
+            "weights": self.weights,
         }
 
 
@@ -121,4 +134,19 @@ def run_model(run_dir: Path, bundle_dir: Path | None = None, name: str = "finetu
     except (TypeError, ValueError, IndexError):
         raise UserError(f"{run_json}: label_mappings is not a list of [label value, VISTA3D id] pairs") from None
     names = parse_class_names(record.get("class_names"), str(run_json))
-    return ModelSpec(name, check_bundle(bundle_dir), checkpoint, run_dir, ids, names)
+    bundle_dir = check_bundle(bundle_dir)
+    check_new_ids(bundle_dir, ids, "this run's new classes")
+    overrides = user_overrides_of_run(record, run_dir, bundle_dir, run_json)
+    same = checkpoint_matches_pretrained(run_dir, checkpoint)
+    return ModelSpec(name, bundle_dir, checkpoint, run_dir, ids, names, overrides, same)
+
+
+def checkpoint_matches_pretrained(run_dir: Path, checkpoint: Path) -> bool:
+    """Whether the run's output.json found this checkpoint tensor-for-tensor equal to the pretrained weights (no
+    epoch beat the pretrained model's validation: the bundle kept its epoch-0 copy). False when unknown."""
+    output = run_dir / "output.json"
+    if not output.is_file():
+        return False
+    section = read_user_json(output, "run result").get("output") or {}
+    comparison = (section.get("checkpoint_comparisons_to_pretrained") or {}).get(checkpoint.name) or {}
+    return comparison.get("identical") is True

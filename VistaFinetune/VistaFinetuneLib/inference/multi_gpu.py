@@ -15,27 +15,44 @@ import numpy as np
 from VistaFinetuneLib.bundle.runner import BundleRun
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.inference.models import ModelSpec, sha256_of
-from VistaFinetuneLib.inference.outputs import image_stem, label_entries, write_prediction
+from VistaFinetuneLib.inference.outputs import (
+    NOT_PROCESSED,
+    image_stem,
+    label_array,
+    label_entries,
+    unprocessed_mask,
+    write_prediction,
+)
 from VistaFinetuneLib.inference.prompts import ClassTable
+from VistaFinetuneLib.inference.run_configs import applicable_overrides
 
 MULTI_GPU_CONFIGS = ("configs/inference.json", "configs/batch_inference.json", "configs/mgpu_inference.json")
 
 
 def multi_gpu_run(model: ModelSpec, input_dir: Path, work_dir: Path, class_ids: list[int], gpus: int) -> BundleRun:
     """The torchrun of the bundle's multi-GPU batch inference over ``input_dir`` (outputs in ``work_dir/bundle``)."""
+    if NOT_PROCESSED in class_ids:
+        raise UserError(
+            f"class {NOT_PROCESSED}: the bundle's multi-GPU run writes {NOT_PROCESSED} for 'not processed', so this "
+            "class cannot be told from it there; segment it on one GPU (without --gpus)"
+        )
     configs = [model.bundle_dir / name for name in MULTI_GPU_CONFIGS]
     missing = [str(p.relative_to(model.bundle_dir)) for p in configs if not p.is_file()]
     if missing:
         raise UserError(f"{model.bundle_dir}: no multi-GPU inference ({', '.join(missing)} missing); use one GPU")
     inference = json.loads(configs[0].read_text(encoding="utf-8"))
     checkpoint_key = "checkpoint_path" if "checkpoint_path" in inference else "checkpointloader#load_path"
-    overrides = {
-        "bundle_root": str(model.bundle_dir),
-        "input_dir": str(Path(input_dir).absolute()),
-        "output_dir": str(work_dir / "bundle"),
-        checkpoint_key: str(model.checkpoint),
-        "everything_labels": class_ids,  # batch_inference.json prompts every image with this list
-    } | model.run_overrides(inference["evaluator"]["_target_"])
+    overrides = (
+        applicable_overrides(configs, model.config_overrides)
+        | {
+            "bundle_root": str(model.bundle_dir),
+            "input_dir": str(Path(input_dir).absolute()),
+            "output_dir": str(work_dir / "bundle"),
+            checkpoint_key: str(model.checkpoint),
+            "everything_labels": class_ids,  # batch_inference.json prompts every image with this list
+        }
+        | model.run_overrides(inference["evaluator"]["_target_"])
+    )
     work_dir.mkdir(parents=True, exist_ok=True)
     override_file = work_dir / "multi_gpu_overrides.json"
     override_file.write_text(json.dumps(overrides, indent=2) + "\n")
@@ -59,13 +76,14 @@ def adopt_bundle_output(
     shape = nib.load(str(image)).shape
     if values.shape != shape:
         raise UserError(f"{bundle_output}: shape {values.shape} is not the image's {shape} ({image})")
-    unprocessed = values == 255
-    labels = np.where(unprocessed, 0, values).astype(np.uint8)
+    unprocessed = unprocessed_mask(values, [])
+    labels = label_array(np.where(unprocessed, 0, values))
     legend = {
         "image": str(image),
         "labels_file": str(out_path),
         "labels": {"0": {"name": "background", "color": [0, 0, 0]}} | label_entries(labels, class_ids, table.name),
         "model": model.name,
+        "weights": model.weights,
         "checkpoint": str(model.checkpoint),
         "checkpoint_sha256": sha256_of(model.checkpoint),
         "bundle_dir": str(model.bundle_dir),

@@ -15,6 +15,8 @@ from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.run_files import write_json_atomic
 
 LEGEND_SUFFIX = ".legend.json"
+MAX_UINT8_ID = 254  # uint8 files keep 255 free: older files and the bundle's own outputs use it for "not processed"
+NOT_PROCESSED = 255  # the bundle's stand-in for NaN (not processed) in its own outputs
 GOLDEN_RATIO = 0.618033988749895
 
 
@@ -50,14 +52,41 @@ def check_output_path(path: Path) -> Path:
     return path
 
 
+def label_array(labels: np.ndarray) -> np.ndarray:
+    """Class ids in the narrowest type that holds them: uint8 up to 254, uint16 when an id exceeds 254
+    (NV-Segment-CTMR's classes run to 345; a value is never wrapped). "Not processed" is not a value here."""
+    values = np.asarray(labels)
+    if values.size and (values.min() < 0 or values.max() > np.iinfo(np.uint16).max):
+        raise ValueError(f"label values {values.min()}..{values.max()} are not class ids")
+    if values.size and values.max() > MAX_UINT8_ID:
+        return values.astype(np.uint16)
+    return values.astype(np.uint8)
+
+
+def unprocessed_mask(values: np.ndarray, class_ids: list[int] | None) -> np.ndarray:
+    """The voxels the bundle did not process: NaN, or its stand-in value 255 when 255 is not a class asked for."""
+    values = np.asarray(values)
+    mask = ~np.isfinite(values) if values.dtype.kind == "f" else np.zeros(values.shape, dtype=bool)
+    if NOT_PROCESSED not in set(class_ids or ()):
+        mask |= values == NOT_PROCESSED
+    return mask
+
+
+def keeps_nan_as_255(transform: dict) -> bool:
+    """Whether a post-processing transform of a bundle config is its ``torch.nan_to_num(x, nan=255)`` step."""
+    return str(transform.get("_target_", "")).endswith("Lambdad") and "nan_to_num" in str(transform.get("func", ""))
+
+
 def write_labels(image_path: Path, labels: np.ndarray, out_path: Path) -> None:
-    """Write ``labels`` (on the image's grid) as a uint8 NIfTI with the image file's own header and affine."""
+    """Write ``labels`` (on the image's grid) as a uint8 NIfTI (uint16 when an id exceeds 254) with the image file's
+    own header and affine."""
     import nibabel as nib
 
     source = nib.load(str(image_path))
+    data = label_array(labels)
     header = source.header.copy()
-    header.set_data_dtype(np.uint8)
-    image = nib.Nifti1Image(labels.astype(np.uint8), source.affine, header)
+    header.set_data_dtype(data.dtype)
+    image = nib.Nifti1Image(data, source.affine, header)
     image.header.set_slope_inter(1.0, 0.0)
     handle, temporary = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp.nii.gz", dir=out_path.parent)
     os.close(handle)

@@ -1,9 +1,12 @@
 """One model kept warm: the bundle's own network, transforms, sliding-window inferer, evaluator and post-processing,
 built once from its ``configs/inference.json`` with ``monai.bundle.ConfigParser`` and these documented overrides:
 
-- ``bundle_root`` = the bundle folder, ``device`` = the chosen device, ``use_point_window`` when asked;
-- the post-processing's ``SaveImaged`` is disabled: the label file is written here, on the input's exact grid,
-  atomically, with a legend (see :mod:`VistaFinetuneLib.inference.outputs`);
+- ``bundle_root`` = the bundle folder; the model's config overrides (a run's ``--config-override`` files, then
+  ``predict``'s own: :mod:`VistaFinetuneLib.inference.run_configs`), so a changed network is built as trained;
+- ``device`` = the chosen device, ``use_point_window`` when asked;
+- the post-processing's NaN -> 255 step is disabled, so "not processed" stays a mask of its own and 255 can be a
+  class (NV-Segment-CTMR); its ``SaveImaged`` is disabled too: the label file is written here, on the input's
+  exact grid, atomically, with a legend (see :mod:`VistaFinetuneLib.inference.outputs`);
 - the weights are loaded here, after a key-and-shape check that names what does not fit (the bundle's
   ``checkpointloader`` is not run, nor the rest of ``initialize`` but its ``set_determinism``);
 - the evaluator is wrapped (:func:`VistaFinetuneLib.inference.evaluator.engine_evaluator`) so that point prompts
@@ -28,8 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.inference.everything import chooses_modality, everything_labels, modality_of
 from VistaFinetuneLib.inference.models import ModelSpec, sha256_of
+from VistaFinetuneLib.inference.outputs import keeps_nan_as_255, label_array, unprocessed_mask
 from VistaFinetuneLib.inference.prompts import ImageGrid, Prompts
+from VistaFinetuneLib.inference.run_configs import apply_overrides
 
 MAX_REPORTED_KEYS = 6
 
@@ -150,6 +156,7 @@ class Predictor:
         self.device = str(self.parser.get_parsed_content("device"))
         self.default_point_window = bool(self.inferer.use_point_window)
         self.everything_ids = [int(x) for x in (self.parser.get_parsed_content("everything_labels") or [])]
+        self.picks_modality = modality is None and chooses_modality(self.parser.config)
 
     def _parse_config(self, device: str | None, use_point_window: bool | None, modality: str | None):
         from monai.bundle import ConfigParser
@@ -159,6 +166,7 @@ class Predictor:
         parser = ConfigParser()
         parser.read_config(str(self.model.config_file))
         parser["bundle_root"] = str(bundle)
+        apply_overrides(parser, self.model.config_overrides)
         if device:
             parser["device"] = f"$torch.device('{device}')"
         if use_point_window is not None:
@@ -168,11 +176,20 @@ class Predictor:
                 raise UserError(f"{self.model.config_file}: this bundle has no modality choice (NV-Segment-CTMR has)")
             parser["modality"] = modality
         for index, transform in enumerate(parser["postprocessing"]["transforms"]):
-            if str(transform.get("_target_", "")).endswith("SaveImaged"):
+            if str(transform.get("_target_", "")).endswith("SaveImaged") or keeps_nan_as_255(transform):
                 parser[f"postprocessing#transforms#{index}#_disabled_"] = True
         for key, value in self.model.run_overrides(parser["evaluator"]["_target_"]).items():
             parser[key] = value
         return parser
+
+    def everything_ids_for(self, image: Path) -> list[int]:
+        """The everything list for this image: NV-Segment-CTMR without a modality given picks CT_BODY for a CT
+        (not the bundle's default MRI_BODY) and asks for any other image."""
+        if not self.picks_modality:
+            return self.everything_ids
+        config_file = self.model.config_file
+        modality = modality_of(image, config_file)
+        return everything_labels(self.parser.get(), self.model.bundle_dir, config_file, modality)
 
     @property
     def expands_subclasses(self) -> bool:
@@ -189,8 +206,11 @@ class Predictor:
         problems = describe_mismatch(self.network.state_dict(), state)
         if problems:
             raise UserError(
-                f"{checkpoint}: the checkpoint does not fit the network of {self.model.config_file}: "
+                f"{checkpoint}: the checkpoint does not fit the network of {self.model.config_file}"
+                + (f" with {', '.join(map(str, self.model.config_overrides))}" if self.model.config_overrides else "")
+                + ": "
                 + "; ".join(problems)
+                + " (a checkpoint trained with --config-override needs the same override: --config-override FILE)"
             )
         self.network.load_state_dict(state, strict=True)
 
@@ -270,8 +290,8 @@ class Predictor:
         labels = np.asarray(pred.detach().cpu().numpy())[0]
         if labels.shape != cached.grid.shape:
             raise RuntimeError(f"the bundle's post-processing returned {labels.shape}, not {cached.grid.shape}")
-        unprocessed = labels == 255
-        labels = np.where(unprocessed, 0, labels).astype(np.uint8)
+        unprocessed = unprocessed_mask(labels, prompts.class_ids)
+        labels = label_array(np.where(unprocessed, 0, labels))
         return Prediction(
             labels=labels,
             unprocessed_voxels=int(unprocessed.sum()),

@@ -47,8 +47,9 @@ class ClassTable:
         stripped = str(text).strip()
         if stripped.isdigit():
             class_id = int(stripped)
-            if not 1 <= class_id <= MAX_ID:
-                raise UserError(f"class {class_id}: VISTA3D class ids run from 1 to {MAX_ID}")
+            highest = max(MAX_ID, *self.catalog.classes)  # NV-Segment-CTMR's classes run to 345
+            if not 1 <= class_id <= highest:
+                raise UserError(f"class {class_id}: VISTA3D class ids run from 1 to {highest}")
             if class_id not in self.catalog.classes and class_id not in self.finetuned_ids:
                 raise UserError(
                     f"class {class_id} is neither in the label table {self.catalog.source} nor a class of this "

@@ -38,10 +38,11 @@ def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lamb
     output = check_output_path(request.output)
     table = predictor.model.class_table(request.class_names)
     grid = predictor.grid(image)
+    everything_ids = predictor.everything_ids_for(image) if request.everything else predictor.everything_ids
     prompts = build_prompts(
         table, grid, image,
         classes=request.classes, points=request.points, point_labels=request.point_labels,
-        points_space=request.points_space, everything=request.everything, everything_ids=predictor.everything_ids,
+        points_space=request.points_space, everything=request.everything, everything_ids=everything_ids,
         expand_subclasses=predictor.expands_subclasses,
     )  # fmt: skip
     prediction = predictor.predict(image, prompts, request.use_point_window, check)
@@ -58,6 +59,7 @@ def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lamb
         "labels_file": str(output),
         "labels": {"0": {"name": "background", "color": [0, 0, 0]}} | labels,
         "model": predictor.model.name,
+        "weights": predictor.model.weights,
         "checkpoint": str(predictor.model.checkpoint),
         "checkpoint_sha256": predictor.checkpoint_sha256,
         "bundle_dir": str(predictor.model.bundle_dir),

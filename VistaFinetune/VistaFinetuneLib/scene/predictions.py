@@ -1,4 +1,5 @@
-"""A prediction NIfTI (VISTA3D class ids, 255 = not processed) becomes a segmentation node on the CT's geometry.
+"""A prediction NIfTI (VISTA3D class ids; in uint8 and float files 255 = not processed) becomes a segmentation node
+on the CT's geometry.
 
 Each class present becomes one segment: named by the user's own segment name when the class was finetuned
 (mapped from one of their segments), else by the bundle's class name; coloured and coded with the shipped
@@ -21,7 +22,8 @@ from VistaFinetuneLib.scene import nodes
 from VistaFinetuneLib.scene.mapping import ClassChoice, SegmentRef
 from VistaFinetuneLib.scene.terminology import class_color, class_table
 
-NOT_PROCESSED = 255
+NOT_PROCESSED = 255  # in uint8 and float files only
+MAX_CLASS_ID = 65535
 CLASS_TAG = "VistaFinetune.ClassId"  # segment tag: the VISTA3D class id a segment shows
 MODEL_TITLES = {"pretrained": "VISTA3D pretrained", "finetuned": "VISTA3D finetuned"}
 
@@ -77,6 +79,17 @@ def _check_overlap(labelmap: slicer.vtkMRMLLabelMapVolumeNode, volume: slicer.vt
         raise UserError(f'{path}: the prediction does not overlap volume "{volume.GetName()}" (another case?)')
 
 
+def class_values(stored: np.ndarray, path: Path) -> np.ndarray:
+    """The class ids of a prediction file's voxels. In a uint8 or float file (older files, the bundle's own outputs)
+    255 means "not processed" and becomes 0; a uint16 file (ids above 254, NV-Segment-CTMR) holds only class ids."""
+    values = np.rint(stored).astype(np.int64)
+    if stored.dtype == np.uint8 or stored.dtype.kind == "f":
+        values[values == NOT_PROCESSED] = 0
+    if values.size and (values.min() < 0 or values.max() > MAX_CLASS_ID):
+        raise UserError(f"{path}: values {values.min()}..{values.max()} are not VISTA3D class ids (0..{MAX_CLASS_ID})")
+    return values.astype(np.uint16 if values.size and values.max() > NOT_PROCESSED else np.uint8)
+
+
 def import_prediction(
     path: Path, volume: slicer.vtkMRMLScalarVolumeNode, naming: ClassNaming, node_name: str
 ) -> slicer.vtkMRMLSegmentationNode:
@@ -85,11 +98,8 @@ def import_prediction(
     labelmap = nodes.read_labelmap(scene, Path(path), f"{node_name} (reading)")
     try:
         _check_overlap(labelmap, volume, Path(path))
-        values = np.rint(nodes.voxels(labelmap)).astype(np.int32)
-        values[values == NOT_PROCESSED] = 0
-        if values.min() < 0 or values.max() > NOT_PROCESSED:
-            raise UserError(f"{path}: values {values.min()}..{values.max()} are not VISTA3D class ids (0..255)")
-        nodes.set_voxels(labelmap, values.astype(np.uint8), nodes.ijk_to_ras(labelmap))
+        values = class_values(nodes.voxels(labelmap), Path(path))
+        nodes.set_voxels(labelmap, values, nodes.ijk_to_ras(labelmap))
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", node_name)
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
