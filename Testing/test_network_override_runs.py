@@ -43,6 +43,8 @@ def test_predict_run_builds_the_network_the_run_was_trained_with(narrow_run, tmp
     run_dir, image, _ = narrow_run
     model = run_model(run_dir)
     assert [p.name for p in model.config_overrides] == ["01-narrow_encoder.json"]
+    resolved = json.loads((run_dir / "run.json").read_text())["request_resolved"]["config_overrides"]
+    assert resolved == [str(run_dir / "configs" / "user" / "01-narrow_encoder.json")]  # what --resume reads
     args = ["predict", str(image), "--run", str(run_dir), "--classes", "liver", "--output-dir", str(tmp_path)]
     assert main(args) == 0
     labels = np.asarray(nib.load(tmp_path / "case_000.nii.gz").dataobj)

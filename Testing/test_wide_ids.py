@@ -109,3 +109,11 @@ def test_the_scene_reads_255_as_not_processed_only_in_narrow_files(tmp_path):
     assert narrow.tolist() == [0, 3, 0]
     wide = class_values(np.array([0, 255, 300], dtype=np.uint16), tmp_path)
     assert wide.dtype == np.uint16 and wide.tolist() == [0, 255, 300]
+
+
+def test_finetuning_a_class_above_254_is_refused_clearly(ctmr):
+    from VistaFinetuneLib.bundle.labels import LabelCatalog
+    from VistaFinetuneLib.data.mapping import check_mapping
+
+    with pytest.raises(UserError, match=r"\[1, 300\].*8-bit.*predicted but not finetuned"):
+        check_mapping([[1, WIDE_ID]], [1], LabelCatalog.from_bundle(ctmr[0]))

@@ -65,7 +65,8 @@ def check_mapping(
         if not 1 <= target <= MAX_ID:
             raise UserError(
                 f"label mapping [{source}, {target}]: VISTA3D ids must be between 1 and {MAX_ID} "
-                "(0 is background and 255 means 'not processed')"
+                "(0 is background, 255 means 'not processed' and the bundle's training labels are 8-bit, so "
+                "NV-Segment-CTMR's classes above 254 can be predicted but not finetuned)"
             )
     duplicate_targets = sorted({b for b in targets if targets.count(b) > 1})
     if duplicate_targets:

@@ -305,7 +305,7 @@ def write_config_stacks(
     for name, ckpt in checkpoints_by_phase.items():
         overrides = staging.evaluation_overrides(ckpt, run_dir / name, evaluation_device)
         write_json_atomic(configs_dir / f"{name}_overrides.json", overrides)
-    user = copy_user_overrides(request.config_overrides, configs_dir / "user")
+    user = copy_user_overrides(request.config_overrides, run_dir)
     base = [bundle_dir / "configs" / "train.json", bundle_dir / "configs" / "train_continual.json"]
     multi_gpu = [bundle_dir / "configs" / "multi_gpu_train.json"] if plan.multi_gpu else []
     stacks = {"train": [*base, *multi_gpu, common, train_extra, *user]}
@@ -315,16 +315,24 @@ def write_config_stacks(
     return stacks, compat_names
 
 
-def copy_user_overrides(paths: list[Path], folder: Path) -> list[Path]:
-    """The ``--config-override`` files, copied into the run folder (``configs/user/NN-name``), so that the run keeps
-    what it was trained with (prediction builds the model from them too)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    copies = []
-    for index, path in enumerate(paths, start=1):
-        copy = folder / f"{index:02d}-{path.name}"
+def user_override_copies(paths: list[Path], run_dir: Path) -> list[Path]:
+    """Where the run keeps its copies of the ``--config-override`` files: ``RUN_DIR/configs/user/NN-name`` (a path
+    there already, as on ``--resume``, is its own copy)."""
+    folder = (run_dir / "configs" / "user").absolute()
+    return [
+        Path(path).absolute() if Path(path).absolute().parent == folder else folder / f"{index:02d}-{path.name}"
+        for index, path in enumerate(paths, start=1)
+    ]
+
+
+def copy_user_overrides(paths: list[Path], run_dir: Path) -> list[Path]:
+    """Copy the ``--config-override`` files into the run folder, so that the run keeps what it was trained with
+    (prediction builds the model from them too, and ``--resume`` reads the copies)."""
+    copies = user_override_copies(paths, run_dir)
+    for path, copy in zip(paths, copies, strict=True):
+        copy.parent.mkdir(parents=True, exist_ok=True)
         if path.absolute() != copy.absolute():
             shutil.copyfile(path, copy)
-        copies.append(copy)
     return copies
 
 
@@ -336,7 +344,7 @@ def write_run_record(staged: StagedRun, previous: dict) -> None:
         "bundle_dir": str(staged.bundle_dir),
         "datalist": str(staged.datalist),
         "dataset_dir": None,
-        "config_overrides": [str(p.absolute()) for p in request.config_overrides],
+        "config_overrides": [str(p) for p in user_override_copies(request.config_overrides, staged.run_dir)],
         "label_mapping": json.dumps(staged.mapping),
         "target_anatomy": None,
         "classes": None,
