@@ -53,9 +53,7 @@ def label_classes(staged, catalog: LabelCatalog) -> dict[int, int]:
 
 def known_label_names(staged) -> dict[int, str]:
     """Label value -> name: from this run's dataset.json or datalist, else (a later round) the previous round's."""
-    request = staged.request
-    folder = request.dataset_dir or (request.datalist.parent if request.datalist is not None else None)
-    named = label_names.find_label_names(folder, request.datalist)
+    named = label_names.find_label_names(rounds.label_folder(staged.request), staged.request.datalist)
     if named:
         return dict(named[0])
     record = rounds.read_round(staged.run_dir)

@@ -156,7 +156,7 @@ def check_new_labels(
                 f"{case.label}: holds label value(s) {extra}, which the label mapping {mapping} does not map; add "
                 f"them as new classes with --label-mapping '[[{extra[0]}, VISTA3D id]]' or pass --unmapped background"
             )
-    named = label_names.find_label_names(request.dataset_dir, request.datalist)
+    named = label_names.find_label_names(label_folder(request), request.datalist)
     if named is None or catalog is None:
         return
     names, path = named
@@ -171,6 +171,13 @@ def check_new_labels(
                 f"{value} class {mapped[value]} ({catalog.name(mapped[value])}); the new cases contradict the "
                 "mapping: relabel them, or map them in a run of their own"
             )
+
+
+def label_folder(request) -> Path | None:
+    """Where a dataset.json naming the labels may be: the dataset folder, else the datalist's folder."""
+    if request.dataset_dir is not None:
+        return Path(request.dataset_dir)
+    return None if request.datalist is None else Path(request.datalist).parent
 
 
 def start_checkpoint(previous: PreviousRound, start_from: str) -> Path | None:
