@@ -12,48 +12,24 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from round_cases import finetune, write_cases
 
 from VistaFinetuneLib.cli import main
 from VistaFinetuneLib.data import synthetic
 from VistaFinetuneLib.finetune import rounds
+from VistaFinetuneLib.panel import correction
 
 pytestmark = pytest.mark.e2e
-NAMES = {"0": "background", "1": "liver", "2": "spleen", "3": "left kidney"}
-
-
-def write_cases(root: Path, seed: int, count: int, validation: int, prefix: str, names=NAMES) -> Path:
-    """Micro phantoms named ``PREFIX_NNN`` with a datalist (the first ``validation`` in fold 0) and dataset.json."""
-    items = synthetic.write_dataset(root, count, seed=seed, spec=synthetic.MICRO_SPEC)
-    listed = []
-    for index, item in enumerate(items):
-        renamed = {}
-        for key in ("image", "label"):
-            source = root / item[key]
-            target = source.with_name(source.name.replace("case", prefix))
-            source.rename(target)
-            renamed[key] = str(target.relative_to(root))
-        listed.append(renamed | {"fold": 0 if index < validation else 1})
-    (root / "datalist.json").write_text(json.dumps({"training": listed}))
-    (root / "dataset.json").write_text(json.dumps({"labels": names}))
-    return root / "datalist.json"
-
-
-def finetune(*args: str) -> int:
-    return main(["finetune", *args, "--epochs", "1", "--learning-rate", "0.002", "--skip-review"])
 
 
 @pytest.fixture(scope="module")
-def two_rounds(tiny_bundle_dir, tmp_path_factory) -> tuple[Path, Path, Path]:
+def two_rounds(round_one_run, tmp_path_factory) -> tuple[Path, Path, Path]:
     """Round 1 (3 cases, 1 validates) and round 2 (+2 new cases) of the left kidney, liver set to background."""
     root = tmp_path_factory.mktemp("rounds")
-    first = write_cases(root / "data1", 99, 3, 1, "a")
     added = write_cases(root / "data2", 123, 2, 0, "b")
-    run1, run2 = root / "run1", root / "run2"
-    common = ["--bundle-dir", str(tiny_bundle_dir)]
-    mapping = ["--label-mapping", "[[3, 14]]", "--unmapped", "background", "--auto-seg"]
-    assert finetune("--datalist", str(first), "--output-dir", str(run1), *mapping, *common) == 0
-    assert finetune("--continue-from", str(run1), "--datalist", str(added), "--output-dir", str(run2)) == 0
-    return run1, run2, added
+    run2 = root / "run2"
+    assert finetune("--continue-from", str(round_one_run), "--datalist", str(added), "--output-dir", str(run2)) == 0
+    return round_one_run, run2, added
 
 
 def datalist_items(run_dir: Path) -> list[dict]:
@@ -131,6 +107,7 @@ def test_start_from_previous_starts_training_from_the_previous_checkpoint(tmp_pa
     assert any("forgetting" in line for line in rounds.round_rationale(tmp_path))
     rounds.write_round(tmp_path, previous, "pretrained", [], [])
     assert rounds.start_overrides(tmp_path) == {}
+    assert correction.SOURCE_DATALIST == rounds.SOURCE_DATALIST  # the panel reads what the engine writes
 
 
 @pytest.fixture(scope="module")
