@@ -152,3 +152,12 @@ def new_id_run(tiny_bundle_dir, tmp_path_factory) -> Path:
     }
     (run_dir / "run.json").write_text(json.dumps(record, indent=2))
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def round_one_run(tiny_bundle_dir, tmp_path_factory) -> Path:
+    """Round 1 of a correction loop: the left kidney finetuned (1 epoch) on micro phantoms whose liver and spleen are
+    set to background (dataset.json names them), so the forgetting guard checks the liver."""
+    from round_cases import first_round
+
+    return first_round(tmp_path_factory.mktemp("round-one"), tiny_bundle_dir)

@@ -165,6 +165,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:
                 edit.connect("currentPathChanged(QString)", lambda path, name=name: self.onPathChanged(name, path))
 
+        self.setupCorrection()
         self.initializeParameterNode()
         self.updateButtons()
 
@@ -765,6 +766,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for case in results.validation_cases:
             self.ui.reviewCaseComboBox.addItem(case)
         self.ui.resultsCollapsibleButton.collapsed = False
+        self.showRounds()
         self.updateButtons()
 
     def fillDiceTable(self, table, rows) -> None:
@@ -851,6 +853,90 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     id=structure.class_id, structure=structure.name, r=centre[0], a=centre[1], s=centre[2]
                 )
             )
+
+    # --- Correct and finetune again --------------------------------------------------------------------------------
+
+    def setupCorrection(self) -> None:
+        for selector in (self.ui.correctionVolumeSelector, self.ui.correctionSegmentationSelector):
+            selector.setMRMLScene(slicer.mrmlScene)
+        self.ui.addCorrectionButton.connect("clicked(bool)", self.onAddCorrection)
+        self.ui.finetuneAgainButton.connect("clicked(bool)", self.onFinetuneAgain)
+        self.ui.routingCheckBox.connect("toggled(bool)", self.onRoutingToggled)
+
+    def onRoutingToggled(self, checked: bool) -> None:
+        """Class routing on or off for the Review's and the effect's predictions (kept in the scene's settings)."""
+        if self._parameterNode:
+            self._parameterNode.parameterNode.SetParameter("ClassRouting", "true" if checked else "false")
+
+    def onAddCorrection(self) -> None:
+        """Export the chosen volume and its corrected segmentation as a correction of the followed run."""
+        from VistaFinetuneLib.errors import UserError
+        from VistaFinetuneLib.panel.correction import pending_summary
+        from VistaFinetuneLib.scene.corrections import add_correction
+
+        volume = self.ui.correctionVolumeSelector.currentNode()
+        segmentation = self.ui.correctionSegmentationSelector.currentNode()
+        runDir = self.controller.run_dir if self.controller else None
+        if volume is None or segmentation is None or runDir is None:
+            self.showError(_("Follow a finished run and choose a volume and its corrected segmentation first."))
+            return
+        try:
+            entry = add_correction(volume, segmentation, runDir, self.logic.catalog(self._parameterNode.bundleDir))
+        except UserError as error:
+            self.showError(str(error))
+            return
+        self.ui.correctionsLabel.setText(pending_summary(runDir))
+        self.ui.statusLabel.setText(_("Added {case} as a correction of {run}.").format(case=entry["name"], run=runDir))
+
+    def onFinetuneAgain(self) -> None:
+        """Start the next round from the followed run with the added corrections."""
+        from VistaFinetuneLib.errors import UserError
+
+        try:
+            view = self.controller.finetune_again(self.ui.startFromPreviousCheckBox.checked)
+        except UserError as error:
+            self.showError(str(error))
+            return
+        self._parameterNode.runDir = str(self.controller.run_dir)
+        self.results = None
+        self.showProgress(view)
+        self.following = not view.finished
+        self.timer.start()
+        self.updateButtons()
+
+    def showRounds(self) -> None:
+        """The rounds plot (round on x, Dice per class on y) and the forgetting table of the followed run."""
+        from VistaFinetuneLib.panel.correction import forgetting_rows, pending_summary, read_output, rounds_picture
+
+        output = read_output(self.controller.run_dir)
+        picture = rounds_picture(output, PLOT_SIZE[0], PLOT_SIZE[1])
+        pixmap = qt.QPixmap(picture.width, picture.height)
+        pixmap.fill(qt.QColor("white"))
+        painter = qt.QPainter(pixmap)
+        for classLabel, color, points in picture.lines:
+            pen = qt.QPen(qt.QColor(color))
+            pen.setWidth(2)
+            painter.setPen(pen)
+            for (x1, y1), (x2, y2) in zip(points, points[1:], strict=False):
+                painter.drawLine(x1, y1, x2, y2)
+            for x, y in points:
+                painter.drawEllipse(x - 2, y - 2, 4, 4)
+            if points:
+                painter.drawText(points[-1][0] - 24, points[-1][1] - 4, classLabel)
+        painter.setPen(qt.QPen(qt.QColor("black")))
+        painter.drawText(8, 14, picture.caption)
+        painter.end()
+        self.ui.roundsPlotLabel.setPixmap(pixmap)
+        self.roundsPicture = picture
+        rows, note = forgetting_rows(output)
+        table = self.ui.forgettingTableWidget
+        table.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            cells = (row.class_label, row.agreement, row.pretrained_vs_truth, row.finetuned_vs_truth)
+            for column, text in enumerate(cells + (_("yes") if row.flagged else _("no"),)):
+                table.setItem(index, column, qt.QTableWidgetItem(text))
+        self.ui.forgettingNoteLabel.setText(note)
+        self.ui.correctionsLabel.setText(pending_summary(self.controller.run_dir))
 
     def onReload(self) -> None:
         # Forget the engine package too, so that edits under VistaFinetuneLib are picked up on reload.

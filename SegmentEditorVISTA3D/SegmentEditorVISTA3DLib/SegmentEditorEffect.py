@@ -273,7 +273,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.refreshModels()
             if self.logic is None:
                 raise UserError(self.statusLabel.text)
+        self.logic.routing = self.moduleRouting()
         return volumeNode, segmentationNode, segmentId
+
+    def moduleRouting(self):
+        """Class routing as the VistaFinetune module's checkbox sets it (on unless turned off there)."""
+        import VistaFinetune
+
+        parameterNode = VistaFinetune.VistaFinetuneLogic().getParameterNode()
+        return parameterNode.parameterNode.GetParameter("ClassRouting") != "false"
 
     def onClick(self, sliceNode, xy, positive):
         try:

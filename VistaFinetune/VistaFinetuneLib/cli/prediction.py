@@ -67,6 +67,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from VistaFinetuneLib.data.mapping import parse_class_names
     from VistaFinetuneLib.inference.outputs import image_stem
     from VistaFinetuneLib.inference.predictor import Predictor
+    from VistaFinetuneLib.inference.routing import lazy_pretrained
     from VistaFinetuneLib.inference.segment import SegmentRequest, segment
 
     images = prediction_inputs(args)
@@ -91,14 +92,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.gpus > 1:
         return predict_multi_gpu(args, model, images, outputs, classes, model.class_table(names))
     predictor = Predictor(model, args.device, modality=args.modality)
+    pretrained = lazy_pretrained(model, lambda spec: Predictor(spec, args.device, modality=args.modality))
     for image, output in zip(images, outputs, strict=True):
         request = SegmentRequest(
             image, output, classes=classes, points=points, point_labels=point_labels, points_space=args.points_space,
             everything=args.everything, class_names=names, use_point_window=False if args.no_point_window else None,
+            routing=not args.no_routing,
         )  # fmt: skip
-        result = segment(predictor, request)
-        found = ", ".join(f"{v} {e['name']} ({e['voxels']} voxels)" for v, e in result["labels"].items()) or "nothing"
-        print(f"{output}: {found} [{result['timings']['total_s']:.1f} s]")
+        result = segment(predictor, request, pretrained=pretrained)
+        entries = result["labels"].items()
+        found = ", ".join(f"{v} {e['name']} ({e['voxels']} voxels, {e['answered_by']})" for v, e in entries)
+        print(f"{output}: {found or 'nothing'} [{result['timings']['total_s']:.1f} s]")
     return 0
 
 
@@ -181,6 +185,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--points-space", choices=["ras", "ijk"], default="ras", help="RAS mm or voxel indices")
     predict.add_argument("--everything", action="store_true", help="the bundle's everything list (+ run classes)")
     predict.add_argument("--class-names", help='JSON {"133": "Tumor 1"}: names you gave to classes')
+    predict.add_argument(
+        "--no-routing",
+        action="store_true",
+        help="with --run: the run's checkpoint answers every class (default: only the classes it improved; the "
+        "pretrained weights answer the others)",
+    )
     predict.add_argument("--gpus", type=int, default=1, help="N > 1: torchrun over the bundle's multi-GPU configs")
     predict.set_defaults(handler=cmd_predict)
 

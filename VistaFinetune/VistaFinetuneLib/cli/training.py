@@ -77,6 +77,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         argv=sys.argv[1:],
         unmapped=args.unmapped,
         classes=args.classes,
+        continue_from=Path(args.continue_from) if args.continue_from else None,
+        start_from=args.start_from,
+        add_validation=args.add_validation,
+        forgetting_threshold=args.forgetting_threshold,
+        forgetting_max_classes=args.forgetting_max_classes,
     )
     result = run_with_progress(request)
     if result["status"] == "prepared":
@@ -129,6 +134,35 @@ def print_summary(result: dict) -> None:
     for model, formal in out["formal_dice"].items():
         for sentence in misplaced(formal["confusion"], names):
             print(f"  {model}: {sentence}")
+    print_rounds_and_forgetting(result)
+
+
+def print_rounds_and_forgetting(result: dict) -> None:
+    """The rounds so far (when more than one) and the forgetting guard's table."""
+    from VistaFinetuneLib.finetune.forgetting import not_checked
+    from VistaFinetuneLib.finetune.rounds import describe
+
+    if len(result.get("rounds") or []) > 1:
+        print("rounds (formal Dice on the same validation cases):")
+        for line in describe(result["rounds"]):
+            print(f"  {line}")
+    guard = result.get("forgetting")
+    if not guard:
+        return
+    print(f"forgetting guard (classes not finetuned; flagged below agreement {guard['threshold']:.2f}):")
+    for class_id, entry in guard["classes"].items():
+        truth = ""
+        if entry["label_value"] is not None:
+            before, after = entry["pretrained_vs_truth_dice"], entry["finetuned_vs_truth_dice"]
+            truth = f", vs ground truth {score(before)} -> {score(after)}"
+        flag = "  FLAGGED" if entry["flagged"] else ""
+        print(f"  {entry['name']} ({class_id}): agreement {score(entry['agreement_dice'])}{truth}{flag}")
+    if guard["classes_not_checked"]:
+        print(f"  {guard['cap_reason']}; {not_checked(guard)}")
+
+
+def score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -150,6 +184,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     datalist = out_dir / "dataset" / "datalist.json"  # the first DEMO_VAL_CASES validate: enough for an interval
     folds = [{**item, "fold": 0 if index < DEMO_VAL_CASES else 1} for index, item in enumerate(items)]
     datalist.write_text(json.dumps({"training": folds}, indent=2) + "\n")
+    names = {"0": "background", "1": known[0], "2": untaught[0]}  # the forgetting guard finds the liver by name
+    (out_dir / "dataset" / "dataset.json").write_text(json.dumps({"labels": names}, indent=2) + "\n")
     print(
         f"Synthetic CT dataset: {DEMO_CASES} cases ({DEMO_VAL_CASES} for validation) in {out_dir / 'dataset'} "
         f"(label 1 = {known[0]}, 2 = {untaught[0]})"
@@ -182,6 +218,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  {names[int(class_id)]} (class {class_id}): formal Dice {shown}")
     print(f"output.json: {out_dir / 'run' / 'output.json'}")
     return 0 if result["status"] == "completed" else 1
+
+
+def add_round_arguments(finetune: argparse.ArgumentParser) -> None:
+    """Rounds of the correction loop and the forgetting guard."""
+    from VistaFinetuneLib.finetune.forgetting import AGREEMENT_THRESHOLD
+
+    finetune.add_argument(
+        "--continue-from",
+        metavar="RUN",
+        help="the next round of RUN: its training cases plus the new ones (DATASET or --datalist), its validation "
+        "cases unchanged, its label mapping (--label-mapping may add classes)",
+    )
+    finetune.add_argument(
+        "--start-from",
+        choices=["pretrained", "previous"],
+        default="pretrained",
+        help="with --continue-from: train from the pretrained weights (default: one finetune on the merged data) "
+        "or from the previous round's recommended checkpoint (faster; risks forgetting)",
+    )
+    finetune.add_argument(
+        "--add-validation",
+        action="store_true",
+        help="with --continue-from: new cases in fold 0 of --datalist join validation (scored apart)",
+    )
+    finetune.add_argument(
+        "--forgetting-threshold",
+        type=float,
+        default=AGREEMENT_THRESHOLD,
+        help=f"flag a class not finetuned whose agreement with the pretrained model falls below this Dice "
+        f"(default {AGREEMENT_THRESHOLD})",
+    )
+    finetune.add_argument(
+        "--forgetting-max-classes", type=int, help="classes the forgetting guard checks at most (default: 2 on a CPU)"
+    )
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -227,6 +297,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         default=MIN_IMPROVEMENT,
         help=f"smallest Dice gain that recommends the finetuned checkpoint (default {MIN_IMPROVEMENT})",
     )
+    add_round_arguments(finetune)
     finetune.set_defaults(handler=cmd_finetune)
 
     demo = commands.add_parser("demo", help="run the embedded demo on synthetic data")

@@ -28,7 +28,7 @@ from VistaFinetuneLib.bundle.variant import identify_variant
 from VistaFinetuneLib.data import dataset, label_names, relabel, synthetic
 from VistaFinetuneLib.data.mapping import check_mapping, mapping_for_anatomy, parse_class_names, parse_mapping
 from VistaFinetuneLib.errors import UserError
-from VistaFinetuneLib.finetune import checkpoints, staging
+from VistaFinetuneLib.finetune import checkpoints, forgetting, rounds, staging
 from VistaFinetuneLib.finetune.formal_dice import formal_dice
 from VistaFinetuneLib.finetune.phases import PhaseOutcome, Progress, StatusWriter, run_phases
 from VistaFinetuneLib.finetune.plan import Plan, make_plan
@@ -193,6 +193,7 @@ def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
         staged.phases, staged.stacks, staged.bundle_dir, run_dir, staged.plan.nproc_per_node, status, previous
     )
     result = result_document(staged, outcome, score_run(staged, outcome), time.monotonic() - started)
+    add_rounds_and_forgetting(staged, outcome, result)
     validate_output(result)
     write_json_atomic(run_dir / "output.json", result)
     if staged.formal and not outcome.failed and not request.skip_review:
@@ -204,8 +205,28 @@ def _run_finetune(request: FinetuneRequest, progress: Progress | None) -> dict:
     return result
 
 
+def add_rounds_and_forgetting(staged: StagedRun, outcome: PhaseOutcome, result: dict) -> None:
+    """``rounds`` and ``forgetting`` in output.json, and what they mean in the verdict's rationale."""
+    if outcome.failed:
+        return
+    result["rounds"] = rounds.rounds_section(staged.run_dir, result)
+    if staged.formal and staged.finetuned_ckpt.is_file():
+        request = staged.request
+        result["forgetting"] = forgetting.check(
+            staged, request.forgetting_threshold, request.forgetting_max_classes
+        )
+        rationale = forgetting.rationale(result["forgetting"])
+    else:
+        rationale = []
+    result["output"]["decision_rationale"] += rounds.round_rationale(staged.run_dir) + rationale
+
+
 def stage_run(request: FinetuneRequest, run_dir: Path) -> StagedRun:
     """Check every input, read the cases, make the plan and write the phases' override files."""
+    previous = None
+    if request.continue_from is not None and not request.resume:
+        previous = rounds.read_previous(request.continue_from)
+        request = rounds.inherit(request, previous)
     formal = (not request.skip_formal_eval) and (not request.smoke or request.formal_eval)
     bundle_dir = (request.bundle_dir or tiny_bundle.ensure_tiny_bundle()).absolute()
     bundle = check_bundle(bundle_dir, formal)
@@ -214,11 +235,23 @@ def stage_run(request: FinetuneRequest, run_dir: Path) -> StagedRun:
             raise UserError(f"{path}: --config-override file not found")
     check_numbers(request)
     catalog = LabelCatalog.from_bundle(bundle_dir)
-    cases, datalist, source = load_cases(request, run_dir)
+    if previous is None:
+        cases, datalist, source = load_cases(request, run_dir)
+    else:
+        added = rounds.new_cases(request)
+        cases = rounds.merge_cases(previous, added, request.add_validation)
+        datalist, source = run_dir / "dataset" / "datalist.json", f"{previous.run_dir} + {len(added)} new case(s)"
     audit = dataset.audit_cases(cases)
-    mapping, resolution = resolve_mapping(request, catalog, audit.label_values)
+    if previous is None:
+        mapping, resolution = resolve_mapping(request, catalog, audit.label_values)
+    else:
+        mapping, resolution = rounds.merged_mapping(previous, request.label_mapping)
+        rounds.check_new_labels(added, audit, mapping, request.unmapped, catalog, request)
+        rounds.write_round(run_dir, previous, request.start_from, added, cases)
     warnings = check_mapping(mapping, audit.label_values, catalog, request.unmapped)
     check_new_ids(bundle_dir, [target for _, target in mapping], "the mapping's new ids")
+    if not request.resume:
+        rounds.write_source_cases(run_dir, cases)
     class_names = mapped_class_names(request.class_names, mapping)
     if request.unmapped == "background":  # relabelled copies in the run folder; the user's labels stay as they are
         labels_dir = run_dir / "dataset" / "labels"
@@ -296,7 +329,7 @@ def write_config_stacks(
     )  # fmt: skip
     train_extra = configs_dir / "train_overrides.json"
     compat, compat_names = compatibility_overrides(installed_monai())
-    write_json_atomic(train_extra, staging.training_overrides() | compat)
+    write_json_atomic(train_extra, staging.training_overrides() | compat | rounds.start_overrides(run_dir))
     checkpoints_by_phase = {
         "eval_pretrained": bundle_dir / "models" / "model.pt",
         "eval_finetuned": run_dir / "checkpoints" / "model_finetune.pt",
@@ -348,6 +381,8 @@ def write_run_record(staged: StagedRun, previous: dict) -> None:
         "label_mapping": json.dumps(staged.mapping),
         "target_anatomy": None,
         "classes": None,
+        "continue_from": None,  # round.json holds it: a resumed round does not merge its cases again
+        "add_validation": False,
         "resume": False,
         "prepare_only": False,
     }

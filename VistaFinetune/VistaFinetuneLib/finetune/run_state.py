@@ -10,6 +10,7 @@ from pathlib import Path
 
 from VistaFinetuneLib.data import dataset
 from VistaFinetuneLib.finetune import checkpoints
+from VistaFinetuneLib.finetune.forgetting import AGREEMENT_THRESHOLD
 from VistaFinetuneLib.finetune.formal_dice import FormalDice
 from VistaFinetuneLib.finetune.phases import PHASES
 from VistaFinetuneLib.finetune.plan import Plan
@@ -45,6 +46,11 @@ class FinetuneRequest:
     argv: list[str] = field(default_factory=list)
     unmapped: str = "refuse"  # or "background": unmapped label values become 0 in staged copies
     classes: str | None = None  # comma-separated dataset.json label names to finetune
+    continue_from: Path | None = None  # the previous round's run folder (see :mod:`rounds`)
+    start_from: str = "pretrained"  # or "previous": the previous round's recommended checkpoint
+    add_validation: bool = False  # new cases in fold 0 join validation (scored apart)
+    forgetting_threshold: float = AGREEMENT_THRESHOLD
+    forgetting_max_classes: int | None = None  # None: all on a GPU, forgetting.CPU_MAX_CLASSES on a CPU
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -52,7 +58,7 @@ class FinetuneRequest:
     @classmethod
     def from_json(cls, data: dict) -> FinetuneRequest:
         """The inverse of :meth:`to_json`."""
-        paths = ("output_dir", "dataset_dir", "datalist", "bundle_dir")
+        paths = ("output_dir", "dataset_dir", "datalist", "bundle_dir", "continue_from")
         known = {f.name for f in dataclasses.fields(cls)}
         fields = {k: (Path(v) if k in paths and v is not None else v) for k, v in data.items() if k in known}
         fields["config_overrides"] = [Path(p) for p in data.get("config_overrides", [])]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from VistaFinetuneLib import __version__
 from VistaFinetuneLib.data.geometry import ijk_to_ras
+from VistaFinetuneLib.inference import routing
 from VistaFinetuneLib.inference.outputs import check_output_path, label_entries, write_prediction
 from VistaFinetuneLib.inference.prompts import POINTS_ONLY_VALUE, build_prompts
 
@@ -29,10 +30,15 @@ class SegmentRequest:
     everything: bool = False
     class_names: dict[int, str] = field(default_factory=dict)
     use_point_window: bool | None = None
+    routing: bool = True  # a run answers only the classes it improved; the pretrained weights the others
 
 
-def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lambda: None) -> dict:
-    """Run ``request`` on a :class:`~VistaFinetuneLib.inference.predictor.Predictor`; return the response fields."""
+def segment(
+    predictor, request: SegmentRequest, check: Callable[[], None] = lambda: None, pretrained: Callable | None = None
+) -> dict:
+    """Run ``request`` on a :class:`~VistaFinetuneLib.inference.predictor.Predictor`; return the response fields.
+
+    ``pretrained`` gives the bundle's pretrained predictor for class routing (:mod:`routing`)."""
     started = time.monotonic()
     image = Path(request.image).absolute()
     output = check_output_path(request.output)
@@ -45,13 +51,18 @@ def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lamb
         points_space=request.points_space, everything=request.everything, everything_ids=everything_ids,
         expand_subclasses=predictor.expands_subclasses,
     )  # fmt: skip
-    prediction = predictor.predict(image, prompts, request.use_point_window, check)
+    route = routing.routing_of(predictor.model) if request.routing and pretrained is not None else None
+    prediction, answered = routing.routed_predict(
+        predictor, pretrained, route, image, prompts, request.use_point_window, check
+    )
     check()
 
     def name(value: int) -> str:
         return "point selection" if prompts.class_ids is None and value == POINTS_ONLY_VALUE else table.name(value)
 
     labels = label_entries(prediction.labels, prompts.class_ids or ([] if prompts.points_ijk is None else [1]), name)
+    for value, entry in labels.items():
+        entry["answered_by"] = answered.get(int(value), predictor.model.name)
     point_window = predictor.default_point_window if request.use_point_window is None else request.use_point_window
     write_started = time.monotonic()
     legend = {
@@ -64,6 +75,7 @@ def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lamb
         "checkpoint_sha256": predictor.checkpoint_sha256,
         "bundle_dir": str(predictor.model.bundle_dir),
         "run_dir": None if predictor.model.run_dir is None else str(predictor.model.run_dir),
+        "routing": routing.legend_section(predictor, pretrained, route, answered),
         "prompts": prompts.to_json()
         | {
             "classes_given": request.classes,

@@ -46,7 +46,9 @@ Operations:
     - ``"everything": true``: the bundle's everything list (plus a finetuned run's own classes);
   and the options ``"output"`` (the label file to write, ``.nii.gz``; default ``OUTPUT_DIR/<model>/<stem>.nii.gz``),
   ``"class_names"`` (``{"133": "Tumor 1"}``: names the user gave, used to resolve and in the legend),
-  ``"use_point_window"`` (bool; default the bundle's ``use_point_window``).
+  ``"use_point_window"`` (bool; default the bundle's ``use_point_window``), ``"routing"`` (bool, default true:
+  a finetuned run answers only the classes it improved, the bundle's pretrained weights the others; see
+  :mod:`VistaFinetuneLib.inference.routing`; each legend label says which model answered it).
   Response::
 
     {"id": ..., "op": "predict", "ok": true, "output": "/abs/out.nii.gz", "legend": "/abs/out.legend.json",
@@ -97,6 +99,7 @@ from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.inference.models import ModelSpec, checkpoint_model, run_model
 from VistaFinetuneLib.inference.outputs import image_stem
 from VistaFinetuneLib.inference.predictor import Cancelled
+from VistaFinetuneLib.inference.routing import lazy_pretrained
 from VistaFinetuneLib.inference.segment import SegmentRequest
 from VistaFinetuneLib.jobs.processes import alive, start_ticks
 
@@ -144,6 +147,7 @@ class Worker:
         self.output_dir = output_dir
         self.build_predictor = build_predictor
         self.models: dict[str, object] = {}
+        self.routing_models: dict[str, Callable[[], object]] = {}  # bundle folder -> its pretrained model (routing)
         self.jobs: list[Job] = []
         self.condition = threading.Condition()
         self.running: dict | None = None
@@ -301,8 +305,23 @@ class Worker:
             everything=field_of(request, "everything", (bool,), default=False),
             class_names=parse_class_names(field_of(request, "class_names", (dict,)), "predict: class_names"),
             use_point_window=field_of(request, "use_point_window", (bool,)),
+            routing=field_of(request, "routing", (bool,), default=True),
         )
-        return segment(self.models[name], segment_request, self.check_cancelled)
+        return segment(self.models[name], segment_request, self.check_cancelled, self.pretrained_for(name))
+
+    def pretrained_for(self, name: str):
+        """Class routing's pretrained model for model ``name``: the loaded "pretrained" one when it is of the same
+        bundle, else one built on first use and kept."""
+        model = self.models[name].model
+        if model.run_dir is None:
+            return None
+        loaded = self.models.get("pretrained")
+        if loaded is not None and loaded.model.run_dir is None and loaded.model.bundle_dir == model.bundle_dir:
+            return lambda: loaded
+        key = str(model.bundle_dir)
+        if key not in self.routing_models:
+            self.routing_models[key] = lazy_pretrained(model, self.build_predictor)
+        return self.routing_models[key]
 
 
 class LineWriter:

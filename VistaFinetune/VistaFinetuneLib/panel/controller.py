@@ -18,7 +18,7 @@ from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.finetune.plan import make_plan
 from VistaFinetuneLib.jobs import control
 from VistaFinetuneLib.jobs import environment as job_environment
-from VistaFinetuneLib.panel import training_data
+from VistaFinetuneLib.panel import correction, training_data
 from VistaFinetuneLib.panel.results import RunResults, read_results
 from VistaFinetuneLib.run_files import read_user_json
 
@@ -305,6 +305,15 @@ class PanelController:
         if self.run_dir is None:
             raise UserError("no run selected")
         return read_results(self.run_dir)
+
+    def finetune_again(self, start_from_previous: bool = False) -> ProgressView:
+        """Start the next round from the followed run, on its cases plus the corrections added to it."""
+        if self.run_dir is None:
+            raise UserError("no run followed: finetune again continues the run the panel follows")
+        run_dir = self.new_run_dir()
+        command = correction.finetune_again_command(self.run_dir, run_dir, start_from_previous)
+        control.start_job(run_dir, command, python=self.job_python)
+        return self.attach(run_dir)
 
     def start_bundle_download(self, name: str, parent_dir: Path) -> Path:
         """Download a bundle into ``parent_dir/name`` as a background job; returns the job's folder to poll."""

@@ -20,7 +20,7 @@ def request_case_predictions(
     """Ask the worker for the case's pretrained and finetuned predictions of ``class_ids``; returns at once.
 
     The ticket's result is ``{"pretrained": path, "finetuned": path}``; the run's finetuned checkpoint is loaded
-    into the worker as model ``finetuned`` on first use.
+    into the worker as model ``finetuned`` on first use. Class routing is off: the review compares the checkpoints.
     """
     out_dir = predictions_dir(run_dir)
 
@@ -30,7 +30,7 @@ def request_case_predictions(
         for model in MODELS:
             response = connection.call(
                 {"op": "predict", "model": model, "image": str(image), "classes": list(class_ids),
-                 "output": str(out_dir / model / f"{case}.nii.gz")}
+                 "output": str(out_dir / model / f"{case}.nii.gz"), "routing": False}
             )  # fmt: skip
             outputs[model] = Path(response["output"])
         return outputs

@@ -103,6 +103,7 @@ class PromptLogic:
     sessions: dict[tuple, PointSession] = field(default_factory=dict)
     pending: Pending | None = None
     images: dict[str, tuple[str, Path]] = field(default_factory=dict)  # volume node id -> (fingerprint, file)
+    routing: bool = True  # a run answers only the classes it improved (inference/routing.py); off: it answers all
 
     @property
     def busy(self) -> bool:
@@ -160,7 +161,7 @@ class PromptLogic:
         names = {str(k): v for k, v in finetuned.class_names.items()}
         requests = {
             model: {"op": "predict", "model": key, "image": str(image_path), "classes": sorted(class_ids),
-                    "class_names": names}
+                    "class_names": names, "routing": False}  # the comparison is of the checkpoints themselves
             for model, key in (("pretrained", "pretrained"), ("finetuned", finetuned.key))
         }  # fmt: skip
 
@@ -181,7 +182,7 @@ class PromptLogic:
     def _predict(self, volume_node, prompts: dict) -> Ticket:
         image_path, write_image = self._image_file(volume_node)
         model, load = self._model_request()
-        request = {"op": "predict", "model": model, "image": str(image_path), **prompts}
+        request = {"op": "predict", "model": model, "image": str(image_path), "routing": self.routing, **prompts}
         if self.model.class_names:
             request["class_names"] = {str(k): v for k, v in self.model.class_names.items()}
         shape = tuple(volume_node.GetImageData().GetDimensions())
