@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "VistaFinetune"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "VistaFinetune.ui"
 MODULE_SCRIPT = MODULE_DIR / "VistaFinetune.py"
-SECTIONS = ["Setup", "Training data", "Class mapping", "Training", "Results", "Review"]
+SECTIONS = ["Setup", "Training data", "Class mapping", "Training", "Results", "Review", "Correct and finetune again"]
 HEAVY = ("torch", "monai")
 
 
@@ -86,7 +86,9 @@ def test_parameter_names_in_the_ui_are_fields_of_the_parameter_node():
 
 def test_scene_is_broadcast_to_every_node_selector(panel):
     selectors = panel.findChildren(CUSTOM_WIDGETS["qMRMLNodeComboBox"])
-    assert {s.objectName() for s in selectors} == {"sceneVolumeSelector", "sceneSegmentationSelector"}
+    assert {s.objectName() for s in selectors} == {
+        "sceneVolumeSelector", "sceneSegmentationSelector", "correctionVolumeSelector", "correctionSegmentationSelector"
+    }  # fmt: skip
     wired = {
         c.findtext("receiver")
         for c in ElementTree.parse(UI_FILE).getroot().findall("./connections/connection")

@@ -86,6 +86,7 @@ def test_correct_add_and_finetune_again(round_one_run, tiny_bundle_dir, tmp_path
         output = json.loads((nextRun / "output.json").read_text())
         assert [r["run_dir"] for r in output["rounds"]] == [str(round_one_run), str(nextRun)]
         assert output["rounds"][1]["new_cases"] == ["fix_1", "fix_2"]
+        assert "forgetting guard" in Path(output["review"]["html"]).read_text()  # the review page says it too
         (label14, _, points), = widget.roundsPicture.lines
         assert label14 == "14" and len(points) == 2 and points[0][0] < points[1][0]  # round 1 then round 2
         assert ui.forgettingTableWidget.item(0, 0).text() == "1: liver"

@@ -857,8 +857,6 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- Correct and finetune again --------------------------------------------------------------------------------
 
     def setupCorrection(self) -> None:
-        for selector in (self.ui.correctionVolumeSelector, self.ui.correctionSegmentationSelector):
-            selector.setMRMLScene(slicer.mrmlScene)
         self.ui.addCorrectionButton.connect("clicked(bool)", self.onAddCorrection)
         self.ui.finetuneAgainButton.connect("clicked(bool)", self.onFinetuneAgain)
         self.ui.routingCheckBox.connect("toggled(bool)", self.onRoutingToggled)

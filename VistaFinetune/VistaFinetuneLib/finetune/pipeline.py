@@ -211,11 +211,12 @@ def add_rounds_and_forgetting(staged: StagedRun, outcome: PhaseOutcome, result: 
         return
     result["rounds"] = rounds.rounds_section(staged.run_dir, result)
     if staged.formal and staged.finetuned_ckpt.is_file():
-        request = staged.request
-        result["forgetting"] = forgetting.check(
-            staged, request.forgetting_threshold, request.forgetting_max_classes
-        )
-        rationale = forgetting.rationale(result["forgetting"])
+        threshold, cap = staged.request.forgetting_threshold, staged.request.forgetting_max_classes
+        try:
+            result["forgetting"] = forgetting.check(staged, threshold, cap)
+            rationale = forgetting.rationale(result["forgetting"])
+        except UserError as error:  # the run's own result stands; say why the guard could not look
+            rationale = [f"forgetting guard: could not run ({error})"]
     else:
         rationale = []
     result["output"]["decision_rationale"] += rounds.round_rationale(staged.run_dir) + rationale
