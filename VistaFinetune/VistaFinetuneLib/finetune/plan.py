@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field
 
 PATCH_LADDER_MB = ((8_000, [64, 64, 64]), (16_000, [96, 96, 96]), (32_000, [128, 128, 128]), (48_000, [160, 160, 160]))
 LARGEST_PATCH = [192, 192, 128]
+LADDER_PEAK_MB = {  # the measured peaks above, per patch (what bench/gpu_readiness.py compares against)
+    (64, 64, 64): 5_500, (96, 96, 96): 8_100, (128, 128, 128): 13_200, (160, 160, 160): 21_600, (192, 192, 128): 24_200,
+}  # fmt: skip
 CASE_CACHE_MB = 50  # RAM one cached, resampled CT case takes, roughly
 
 

@@ -16,12 +16,15 @@ from collections.abc import Callable
 
 import torch
 
+from VistaFinetuneLib.inference.stage_timer import StageTimer
+
 
 class EncoderCache(torch.nn.Module):
     """``network.image_encoder`` with a content-keyed, size-bounded cache of its outputs."""
 
-    def __init__(self, encoder: torch.nn.Module, max_bytes: int):
+    def __init__(self, encoder: torch.nn.Module, max_bytes: int, timer: StageTimer | None = None):
         super().__init__()
+        self.timer = timer or StageTimer("cpu")
         self.encoder = encoder
         self.max_bytes = max_bytes
         self.entries: OrderedDict[tuple, list[tuple[torch.Tensor, tuple]]] = OrderedDict()
@@ -52,6 +55,10 @@ class EncoderCache(torch.nn.Module):
 
     def forward(self, window: torch.Tensor, with_point: bool = True, with_label: bool = True):
         self.check()
+        with self.timer.stage("encoder"):
+            return self._forward(window, with_point, with_label)
+
+    def _forward(self, window: torch.Tensor, with_point: bool, with_label: bool):
         key = self._fingerprint(window)
         outputs = next((out for stored, out in self.entries.get(key, []) if torch.equal(stored, window)), None)
         if outputs is None:

@@ -11,7 +11,8 @@ built once from its ``configs/inference.json`` with ``monai.bundle.ConfigParser`
   (:func:`VistaFinetuneLib.inference.evaluator.finetuned_class_evaluator`).
 
 Between requests it keeps the last image's preprocessing, and the image encoder's output per sliding window
-(:class:`VistaFinetuneLib.inference.encoder_cache.EncoderCache`). Runs in the job environment (imports torch).
+(:class:`VistaFinetuneLib.inference.encoder_cache.EncoderCache`). Each request's seconds are split by stage
+(:mod:`VistaFinetuneLib.inference.stage_timer`). Runs in the job environment (imports torch).
 """
 
 from __future__ import annotations
@@ -137,17 +138,22 @@ class Predictor:
         from monai.utils import set_determinism
 
         from VistaFinetuneLib.inference.encoder_cache import EncoderCache
+        from VistaFinetuneLib.inference.stage_timer import StageTimer, Timed
 
         set_determinism(seed=123)  # what the bundle's initialize does before inference
+        self.device = str(self.parser.get_parsed_content("device"))
+        self.timer = StageTimer(self.device)
         self.network = self.parser.get_parsed_content("network")
         self._load_weights()
-        self.encoder_cache = EncoderCache(self.network.image_encoder, encoder_cache_bytes)
+        self.encoder_cache = EncoderCache(self.network.image_encoder, encoder_cache_bytes, self.timer)
         self.network.image_encoder = self.encoder_cache
+        self.timer.time_network(self.network)
         self.evaluator = self.parser.get_parsed_content("evaluator")
         self.inferer = self.parser.get_parsed_content("inferer")
+        self.evaluator.inferer = Timed(self.inferer, self.timer, "inferer")
+        self._time_postprocessing()
         self.collate = self.parser.get_parsed_content("dataloader").collate_fn
         self.image_transforms, self.prompt_transforms = self._split_preprocessing()
-        self.device = str(self.parser.get_parsed_content("device"))
         self.default_point_window = bool(self.inferer.use_point_window)
         self.everything_ids = [int(x) for x in (self.parser.get_parsed_content("everything_labels") or [])]
 
@@ -193,6 +199,17 @@ class Predictor:
                 + "; ".join(problems)
             )
         self.network.load_state_dict(state, strict=True)
+
+    def _time_postprocessing(self) -> None:
+        """Charge the bundle's ``Invertd`` to the stage ``inversion``, its other post-processing to ``postprocess``."""
+        from monai.transforms import Invertd
+
+        from VistaFinetuneLib.inference.stage_timer import Timed
+
+        compose = self.parser.get_parsed_content("postprocessing")
+        compose.transforms = tuple(
+            Timed(t, self.timer, "inversion" if isinstance(t, Invertd) else "postprocess") for t in compose.transforms
+        )
 
     def _split_preprocessing(self):
         """The bundle's preprocessing as (image transforms, prompt transforms): VistaPreTransformd only reads and
@@ -242,15 +259,17 @@ class Predictor:
                 "that hold the clicks with it): pip install scikit-image"
             )
         started = time.monotonic()
-        cached, image_state = self._image(Path(image), check)
+        self.timer.reset()
+        with self.timer.stage("read_resample"):
+            cached, image_state = self._image(Path(image), check)
+            data = dict(copy.deepcopy(cached.item))
+            if prompts.class_ids is not None:
+                data["label_prompt"] = list(prompts.class_ids)
+            if prompts.points_ijk is not None:
+                data["points"] = [list(p) for p in prompts.points_ijk]
+                data["point_labels"] = list(prompts.point_labels or [])
+            data = self.prompt_transforms(data)
         image_seconds = time.monotonic() - started
-        data = dict(copy.deepcopy(cached.item))
-        if prompts.class_ids is not None:
-            data["label_prompt"] = list(prompts.class_ids)
-        if prompts.points_ijk is not None:
-            data["points"] = [list(p) for p in prompts.points_ijk]
-            data["point_labels"] = list(prompts.point_labels or [])
-        data = self.prompt_transforms(data)
         self.inferer.use_point_window = self.default_point_window if use_point_window is None else use_point_window
         self.encoder_cache.start_request(check)
         self.evaluator.data_loader = [self.collate([data])]
@@ -266,12 +285,13 @@ class Predictor:
             # ignite 0.5 keeps the finished run generator of a run that raised; the next run would then do nothing.
             self.evaluator._internal_run_generator = None
         done = time.monotonic()
-        pred = self.evaluator.state.output[0]["pred"]
-        labels = np.asarray(pred.detach().cpu().numpy())[0]
-        if labels.shape != cached.grid.shape:
-            raise RuntimeError(f"the bundle's post-processing returned {labels.shape}, not {cached.grid.shape}")
-        unprocessed = labels == 255
-        labels = np.where(unprocessed, 0, labels).astype(np.uint8)
+        with self.timer.stage("postprocess"):
+            pred = self.evaluator.state.output[0]["pred"]
+            labels = np.asarray(pred.detach().cpu().numpy())[0]
+            if labels.shape != cached.grid.shape:
+                raise RuntimeError(f"the bundle's post-processing returned {labels.shape}, not {cached.grid.shape}")
+            unprocessed = labels == 255
+            labels = np.where(unprocessed, 0, labels).astype(np.uint8)
         return Prediction(
             labels=labels,
             unprocessed_voxels=int(unprocessed.sum()),
@@ -279,6 +299,7 @@ class Predictor:
                 "image_s": round(image_seconds, 4),
                 "inference_s": round(done - inference_started, 4),
                 "postprocess_s": round(time.monotonic() - done, 4),
+                "stages": self.timer.stages(),
             },
             cache={"image": image_state, **self.encoder_cache.request_stats()},
         )

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from VistaFinetuneLib import __version__
 from VistaFinetuneLib.data.geometry import ijk_to_ras
-from VistaFinetuneLib.inference.outputs import check_output_path, label_entries, write_prediction
+from VistaFinetuneLib.inference.outputs import check_output_path, label_entries, legend_path, write_labels
 from VistaFinetuneLib.inference.prompts import POINTS_ONLY_VALUE, build_prompts
+from VistaFinetuneLib.run_files import write_json_atomic
 
 
 @dataclass
@@ -73,9 +74,14 @@ def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lamb
         "cache": prediction.cache,
         "producer": {"name": "VistaFinetune", "version": __version__},
     }
+    write_labels(image, prediction.labels, output)
     timings = dict(prediction.timings)
+    timings["stages"] = dict(timings["stages"], write=round(time.monotonic() - write_started, 4))
+    timings["network_s"] = round(timings["stages"]["encoder"] + timings["stages"]["heads"], 4)
+    timings["total_s"] = round(time.monotonic() - started, 4)
     legend["seconds"] = timings
-    legend_file = write_prediction(image, prediction.labels, output, legend)
+    legend_file = legend_path(output)
+    write_json_atomic(legend_file, legend)
     timings["write_s"] = round(time.monotonic() - write_started, 4)
     timings["total_s"] = round(time.monotonic() - started, 4)
     return {
