@@ -453,7 +453,7 @@ def stage_text(stages: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle_dir", nargs="?", type=Path, help="a VISTA3D bundle folder (configs, scripts)")
-    parser.add_argument("--smoke", action="store_true", help="the tiny bundle on the CPU, small sizes (CI)")
+    parser.add_argument("--smoke", action="store_true", help="small sizes on the CPU, the tiny bundle by default (CI)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--device", help="default: cuda:0 when there is a GPU, else cpu (always cpu with --smoke)")
     parser.add_argument("--budget-s", type=float, help="all sections together (default 480; 900 with --smoke)")
@@ -468,14 +468,15 @@ def main() -> None:
         args.result.write_text(json.dumps(result))
         return
     started = time.perf_counter()
-    if args.smoke:
+    if args.smoke and args.bundle_dir is None:
         from VistaFinetuneLib.bundle import tiny_bundle
 
         bundle, device = tiny_bundle.ensure_tiny_bundle(), args.device or "cpu"
     elif args.bundle_dir is None or not (args.bundle_dir / "configs" / "inference.json").is_file():
         raise SystemExit(f"{args.bundle_dir}: give a VISTA3D bundle folder (with configs/inference.json) or --smoke")
     else:
-        bundle, device = args.bundle_dir.absolute(), args.device or default_device()
+        bundle = args.bundle_dir.absolute()
+        device = args.device or ("cpu" if args.smoke else default_device())
     sizes = SMOKE if args.smoke else FULL
     work = Path(tempfile.mkdtemp(prefix="vf-gpu-readiness-"))
     state = {"work": str(work), "bundle_source": str(bundle), "device": device, "smoke": args.smoke}

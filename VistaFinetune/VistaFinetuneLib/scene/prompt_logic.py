@@ -91,6 +91,7 @@ class Outcome:
     seconds: float | None = None  # click to segment update, as the user waited
     worker_seconds: float | None = None  # the worker's own total
     voxels_changed: int = 0
+    network_seconds: float | None = None  # the network's part of it (encoder and heads)
     outputs: dict[str, str] | None = None  # a comparison's prediction files: {"pretrained": ..., "finetuned": ...}
 
 
@@ -268,11 +269,11 @@ class PromptLogic:
             pending.session.record(pending.points, prediction, fingerprint)
         changed = sum(w.voxels for segment_writes in writes.values() for w in segment_writes)
         seconds = time.monotonic() - ticket.submitted
-        worker_seconds = (response.get("timings") or {}).get("total_s")
+        timings = response.get("timings") or {}
         message = f"{changed} voxels changed in {seconds:.2f} s"
         if pending.note:
             message += ". " + pending.note
-        return Outcome(True, message, seconds, worker_seconds, changed)
+        return Outcome(True, message, seconds, timings.get("total_s"), changed, None, timings.get("network_s"))
 
     def points_of(self, volume_node, segment_id: str, model_class: ModelClass | None) -> tuple[PointPrompt, ...]:
         """The clicks of a segment's session (for the markers)."""
