@@ -205,7 +205,8 @@ def predictor_for(state: dict):
     from VistaFinetuneLib.inference.models import pretrained_model
     from VistaFinetuneLib.inference.predictor import Predictor
 
-    return Predictor(pretrained_model(Path(state["bundle"])), device=state["device"])
+    model = pretrained_model(Path(state["bundle"]))
+    return Predictor(model, device=state["device"], cudnn_benchmark=state.get("cudnn_benchmark", False))
 
 
 def ask(predictor, state: dict, name: str, **prompts) -> dict:
@@ -458,6 +459,7 @@ def main() -> None:
     parser.add_argument("--device", help="default: cuda:0 when there is a GPU, else cpu (always cpu with --smoke)")
     parser.add_argument("--budget-s", type=float, help="all sections together (default 480; 900 with --smoke)")
     parser.add_argument("--only", nargs="+", help="run only these sections (names as in the table)")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="the warm worker's cudnn benchmarking on")
     parser.add_argument("--section", help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -479,7 +481,8 @@ def main() -> None:
         device = args.device or ("cpu" if args.smoke else default_device())
     sizes = SMOKE if args.smoke else FULL
     work = Path(tempfile.mkdtemp(prefix="vf-gpu-readiness-"))
-    state = {"work": str(work), "bundle_source": str(bundle), "device": device, "smoke": args.smoke}
+    state = {"work": str(work), "bundle_source": str(bundle), "device": device, "smoke": args.smoke,
+             "cudnn_benchmark": args.cudnn_benchmark}  # fmt: skip
     results: dict = {"bundle": str(bundle), "device": device, "smoke": args.smoke, "machine": machine(device),
                      "sizes": sizes.__dict__, "sections": {}}  # fmt: skip
     try:

@@ -4,6 +4,7 @@ built once from its ``configs/inference.json`` with ``monai.bundle.ConfigParser`
 - ``bundle_root`` = the bundle folder, ``device`` = the chosen device, ``use_point_window`` when asked;
 - the post-processing's ``SaveImaged`` is disabled: the label file is written here, on the input's exact grid,
   atomically, with a legend (see :mod:`VistaFinetuneLib.inference.outputs`);
+- cudnn benchmarking is switched back on after the bundle's ``set_determinism`` when asked (``cudnn_benchmark``);
 - the weights are loaded here, after a key-and-shape check that names what does not fit (the bundle's
   ``checkpointloader`` is not run, nor the rest of ``initialize`` but its ``set_determinism``);
 - with a finetuned run: ``subclass`` is emptied when the run mapped onto a subclass parent (2, 20, 21), and the
@@ -120,8 +121,10 @@ class Predictor:
         use_point_window: bool | None = None,
         encoder_cache_bytes: int = 2 << 30,
         modality: str | None = None,
+        cudnn_benchmark: bool = False,
     ):
         started = time.monotonic()
+        self.cudnn_benchmark = cudnn_benchmark
         self.model = model
         writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # the bundle folder is only read
         try:
@@ -141,6 +144,10 @@ class Predictor:
         from VistaFinetuneLib.inference.stage_timer import StageTimer, Timed
 
         set_determinism(seed=123)  # what the bundle's initialize does before inference
+        if self.cudnn_benchmark:  # set_determinism turns it off; the window shape never changes, so tuning pays
+            import torch
+
+            torch.backends.cudnn.benchmark = True
         self.device = str(self.parser.get_parsed_content("device"))
         self.timer = StageTimer(self.device)
         self.network = self.parser.get_parsed_content("network")
@@ -309,5 +316,6 @@ class Predictor:
             "sha256": self.checkpoint_sha256,
             "device": self.device,
             "use_point_window": self.default_point_window,
+            "cudnn_benchmark": self.cudnn_benchmark,
             "seconds": self.load_seconds,
         }
