@@ -50,14 +50,18 @@ def check_output_path(path: Path) -> Path:
     return path
 
 
-def write_labels(image_path: Path, labels: np.ndarray, out_path: Path) -> None:
-    """Write ``labels`` (on the image's grid) as a uint8 NIfTI with the image file's own header and affine."""
+def write_labels(image_path: Path, labels: np.ndarray, out_path: Path, start: tuple[int, ...] | None = None) -> None:
+    """Write ``labels`` (on the image's grid; with ``start``, a box of it from that voxel on) as a uint8 NIfTI with
+    the image file's own header and affine (shifted to the box)."""
     import nibabel as nib
 
     source = nib.load(str(image_path))
     header = source.header.copy()
     header.set_data_dtype(np.uint8)
-    image = nib.Nifti1Image(labels.astype(np.uint8), source.affine, header)
+    affine = source.affine.copy()
+    if start is not None:
+        affine[:3, 3] += affine[:3, :3] @ np.asarray(start, dtype=float)
+    image = nib.Nifti1Image(labels.astype(np.uint8), affine, header)
     image.header.set_slope_inter(1.0, 0.0)
     handle, temporary = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp.nii.gz", dir=out_path.parent)
     os.close(handle)

@@ -48,6 +48,7 @@ class Prediction:
     unprocessed_voxels: int
     timings: dict[str, float]
     cache: dict[str, object]
+    region_start: tuple[int, int, int] | None = None  # labels cover a box of the grid from here; 0 outside
 
 
 @dataclass
@@ -57,6 +58,7 @@ class CachedImage:
     key: tuple
     grid: ImageGrid
     item: dict
+    lookup: object = None  # its InverseLookup, made at the first region request
 
 
 def image_key(path: Path) -> tuple:
@@ -209,14 +211,19 @@ class Predictor:
 
     def _time_postprocessing(self) -> None:
         """Charge the bundle's ``Invertd`` to the stage ``inversion``, its other post-processing to ``postprocess``."""
+        from monai.apps.vista3d.transforms import VistaPostTransformd
         from monai.transforms import Invertd
 
         from VistaFinetuneLib.inference.stage_timer import Timed
 
-        compose = self.parser.get_parsed_content("postprocessing")
-        compose.transforms = tuple(
-            Timed(t, self.timer, "inversion" if isinstance(t, Invertd) else "postprocess") for t in compose.transforms
+        self.postprocessing = self.parser.get_parsed_content("postprocessing")
+        transforms = self.postprocessing.transforms
+        self.invert = next((t for t in transforms if isinstance(t, Invertd)), None)
+        self.vista_post = next((t for t in transforms if isinstance(t, VistaPostTransformd)), None)
+        self.timed_postprocessing = tuple(
+            Timed(t, self.timer, "inversion" if isinstance(t, Invertd) else "postprocess") for t in transforms
         )
+        self.postprocessing.transforms = self.timed_postprocessing
 
     def _split_preprocessing(self):
         """The bundle's preprocessing as (image transforms, prompt transforms): VistaPreTransformd only reads and
@@ -258,8 +265,12 @@ class Predictor:
         prompts: Prompts,
         use_point_window: bool | None = None,
         check: Callable[[], None] = lambda: None,
+        region: bool = False,
     ) -> Prediction:
-        """Run the bundle's evaluator on one image with these prompts; ``check`` raises :class:`Cancelled`."""
+        """Run the bundle's evaluator on one image with these prompts; ``check`` raises :class:`Cancelled`.
+
+        With ``region``, a point-window request's post-processing covers the clicks' windows only and the labels are
+        that box of the grid (:mod:`VistaFinetuneLib.inference.point_region`); other requests are unaffected."""
         if prompts.points_ijk is not None and importlib.util.find_spec("skimage") is None:
             raise UserError(
                 "point prompts need scikit-image in the job environment (VISTA3D keeps the connected components "
@@ -278,6 +289,9 @@ class Predictor:
             data = self.prompt_transforms(data)
         image_seconds = time.monotonic() - started
         self.inferer.use_point_window = self.default_point_window if use_point_window is None else use_point_window
+        by_region = region and prompts.points_ijk is not None and self.inferer.use_point_window and self._regionable()
+        if by_region:  # the bundle's post-processing runs below, on the region only
+            self.postprocessing.transforms = ()
         self.encoder_cache.start_request(check)
         self.evaluator.data_loader = [self.collate([data])]
         inference_started = time.monotonic()
@@ -289,9 +303,12 @@ class Predictor:
             raise UserError(f"the bundle refused the prompts: {error}") from None
         finally:
             self.inferer.use_point_window = self.default_point_window
+            self.postprocessing.transforms = self.timed_postprocessing
             # ignite 0.5 keeps the finished run generator of a run that raised; the next run would then do nothing.
             self.evaluator._internal_run_generator = None
         done = time.monotonic()
+        if by_region:
+            return self._region_prediction(cached, image_seconds, done - inference_started, image_state)
         with self.timer.stage("postprocess"):
             pred = self.evaluator.state.output[0]["pred"]
             labels = np.asarray(pred.detach().cpu().numpy())[0]
@@ -309,6 +326,42 @@ class Predictor:
                 "stages": self.timer.stages(),
             },
             cache={"image": image_state, **self.encoder_cache.request_stats()},
+        )
+
+    def _regionable(self) -> bool:
+        """Whether the bundle's post-processing is the one the region path reproduces."""
+        known = (self.invert, self.vista_post)
+        others = ("Lambdad", "ToDeviced")  # the bundle's NaN -> 255 (kept here as "not processed"), a disabled move
+        return None not in known and all(
+            t.wrapped in known or type(t.wrapped).__name__ in others for t in self.timed_postprocessing
+        )
+
+    def _region_prediction(self, cached: CachedImage, image_seconds: float, inference_seconds: float, image_state):
+        from VistaFinetuneLib.inference.point_region import UNPROCESSED, InverseLookup, region_labels
+
+        started = time.monotonic()
+        if cached.lookup is None:
+            with self.timer.stage("inversion"):
+                cached.lookup = InverseLookup(self.invert, cached.item[self.parser["image_key"]])
+        output = self.evaluator.state.output[0]
+        region = region_labels(output, self.vista_post, cached.lookup, self.timer.stage)
+        total = int(np.prod(cached.grid.shape))
+        if region is None:
+            labels, start, unprocessed = np.zeros(cached.grid.shape, dtype=np.uint8), None, total
+        else:
+            unprocessed = int((region.labels == UNPROCESSED).sum()) + total - region.labels.size
+            labels, start = np.where(region.labels == UNPROCESSED, 0, region.labels).astype(np.uint8), region.start
+        return Prediction(
+            labels=labels,
+            unprocessed_voxels=unprocessed,
+            timings={
+                "image_s": round(image_seconds, 4),
+                "inference_s": round(inference_seconds, 4),
+                "postprocess_s": round(time.monotonic() - started, 4),
+                "stages": self.timer.stages(),
+            },
+            cache={"image": image_state, **self.encoder_cache.request_stats()},
+            region_start=start,
         )
 
     def info(self) -> dict:

@@ -30,6 +30,7 @@ class SegmentRequest:
     everything: bool = False
     class_names: dict[int, str] = field(default_factory=dict)
     use_point_window: bool | None = None
+    region: bool = False  # a point-window click may answer with the box its windows cover only
 
 
 def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lambda: None) -> dict:
@@ -45,7 +46,7 @@ def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lamb
         points_space=request.points_space, everything=request.everything, everything_ids=predictor.everything_ids,
         expand_subclasses=predictor.expands_subclasses,
     )  # fmt: skip
-    prediction = predictor.predict(image, prompts, request.use_point_window, check)
+    prediction = predictor.predict(image, prompts, request.use_point_window, check, region=request.region)
     check()
 
     def name(value: int) -> str:
@@ -74,7 +75,10 @@ def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lamb
         "cache": prediction.cache,
         "producer": {"name": "VistaFinetune", "version": __version__},
     }
-    write_labels(image, prediction.labels, output)
+    start = prediction.region_start
+    region = None if start is None else {"start": list(start), "shape": list(grid.shape)}
+    legend["region"] = region
+    write_labels(image, prediction.labels, output, start)
     timings = dict(prediction.timings)
     timings["stages"] = dict(timings["stages"], write=round(time.monotonic() - write_started, 4))
     timings["network_s"] = round(timings["stages"]["encoder"] + timings["stages"]["heads"], 4)
@@ -90,4 +94,5 @@ def segment(predictor, request: SegmentRequest, check: Callable[[], None] = lamb
         "labels": labels,
         "timings": timings,
         "cache": prediction.cache,
+        "region": region,
     }

@@ -24,6 +24,7 @@ import vtk
 
 from VistaFinetuneLib.bundle.labels import normalise
 from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.inference.point_region import place_region
 from VistaFinetuneLib.interactive.class_list import ModelClass, point_rule
 from VistaFinetuneLib.interactive.models import ModelChoice
 from VistaFinetuneLib.interactive.point_session import PointPrompt, PointSession
@@ -91,8 +92,8 @@ class Outcome:
     seconds: float | None = None  # click to segment update, as the user waited
     worker_seconds: float | None = None  # the worker's own total
     voxels_changed: int = 0
-    network_seconds: float | None = None  # the network's part of it (encoder and heads)
     outputs: dict[str, str] | None = None  # a comparison's prediction files: {"pretrained": ..., "finetuned": ...}
+    network_seconds: float | None = None  # the network's part of the worker's total (encoder and heads)
 
 
 @dataclass
@@ -183,6 +184,8 @@ class PromptLogic:
         image_path, write_image = self._image_file(volume_node)
         model, load = self._model_request()
         request = {"op": "predict", "model": model, "image": str(image_path), **prompts}
+        if "points" in prompts:  # a click's answer may cover its windows' box only
+            request["region"] = True
         if self.model.class_names:
             request["class_names"] = {str(k): v for k, v in self.model.class_names.items()}
         shape = tuple(volume_node.GetImageData().GetDimensions())
@@ -194,6 +197,9 @@ class PromptLogic:
                 connection.ensure_model(model, load)
             response = connection.call(request)
             labels = np.asarray(nib.load(response["output"]).dataobj)
+            region = response.get("region")
+            if region:
+                labels = place_region(labels, region["start"], region["shape"])
             if labels.shape != shape:
                 raise UserError(f"{response['output']}: the prediction has shape {labels.shape}, expected {shape}")
             return {"labels": labels, "response": response}
@@ -273,7 +279,8 @@ class PromptLogic:
         message = f"{changed} voxels changed in {seconds:.2f} s"
         if pending.note:
             message += ". " + pending.note
-        return Outcome(True, message, seconds, timings.get("total_s"), changed, None, timings.get("network_s"))
+        worker_seconds, network_seconds = timings.get("total_s"), timings.get("network_s")
+        return Outcome(True, message, seconds, worker_seconds, changed, network_seconds=network_seconds)
 
     def points_of(self, volume_node, segment_id: str, model_class: ModelClass | None) -> tuple[PointPrompt, ...]:
         """The clicks of a segment's session (for the markers)."""
