@@ -70,6 +70,7 @@ def click(logic, scene, voxel, positive, model_class, orientation="Axial"):
     assert ticket.wait(TIMEOUT_S)
     outcome = logic.collect(lambda writes: apply_with_editor_logic(scene.editor, scene.segmentation, writes))
     assert outcome is not None and outcome.ok, outcome
+    assert 0 < outcome.network_seconds < outcome.worker_seconds  # the status line's network share
     print(f"click ({'+' if positive else '-'}, {len(points)} points): {outcome.seconds:.2f} s "
           f"(worker {outcome.worker_seconds:.2f} s), {outcome.voxels_changed} voxels changed")  # fmt: skip
     return outcome, points

@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from VistaFinetuneLib.data import synthetic
 from VistaFinetuneLib.data.geometry import ijk_to_ras
+from VistaFinetuneLib.inference.stage_timer import STAGES
 from VistaFinetuneLib.jobs.processes import alive
 from VistaFinetuneLib.resources import ENGINE_ROOT
 
@@ -119,6 +120,11 @@ def test_a_class_prompt_then_clicks_on_the_same_image_reuse_the_image_and_encode
     first = worker.ask({"id": "class", "op": "predict", "image": image, "classes": ["liver"]})
     assert first["ok"], first
     assert first["cache"]["image"] == "miss" and dice(labels_of(first) == 1, truth) > 0.5
+    stages = first["timings"]["stages"]
+    assert list(stages) == list(STAGES) and stages["read_resample"] > 0 and stages["encoder"] > 0
+    assert first["timings"]["network_s"] == pytest.approx(stages["encoder"] + stages["heads"], abs=2e-4)
+    assert sum(stages.values()) <= first["timings"]["total_s"]
+    assert json.loads(Path(first["legend"]).read_text())["seconds"]["stages"]["encoder"] == stages["encoder"]
     affine = nib.load(image).affine
     depth = ndimage.distance_transform_edt(truth)
     inside = np.array(np.unravel_index(int(np.argmax(depth)), truth.shape))
@@ -138,6 +144,7 @@ def test_a_class_prompt_then_clicks_on_the_same_image_reuse_the_image_and_encode
         assert labels_of(response)[tuple(inside)] == 1
         clicks.append(ijk_to_ras(affine, inside + [2, 0, 0]).tolist())
     assert cache["encoder_windows_reused"] >= 1  # the first click's window
+    assert response["timings"]["stages"]["read_resample"] < stages["read_resample"]  # the image was kept
     legend = json.loads(Path(response["legend"]).read_text())
     assert legend["prompts"]["point_labels"] == [1, 1] and legend["prompts"]["classes"] == [1]
 

@@ -375,7 +375,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
         self.stopWaiting()
         text = outcome.message
-        if outcome.ok and outcome.worker_seconds is not None:
+        if outcome.ok and outcome.worker_seconds and outcome.network_seconds is not None:
+            share = outcome.network_seconds / outcome.worker_seconds
+            text += _(" (worker {seconds:.2f} s, network {share:.0%})").format(
+                seconds=outcome.worker_seconds, share=share
+            )
+        elif outcome.ok and outcome.worker_seconds is not None:
             text += _(" (worker {seconds:.2f} s)").format(seconds=outcome.worker_seconds)
         if outcome.ok and outcome.outputs:
             try:

@@ -77,16 +77,19 @@ def keeps_nan_as_255(transform: dict) -> bool:
     return str(transform.get("_target_", "")).endswith("Lambdad") and "nan_to_num" in str(transform.get("func", ""))
 
 
-def write_labels(image_path: Path, labels: np.ndarray, out_path: Path) -> None:
-    """Write ``labels`` (on the image's grid) as a uint8 NIfTI (uint16 when an id exceeds 254) with the image file's
-    own header and affine."""
+def write_labels(image_path: Path, labels: np.ndarray, out_path: Path, start: tuple[int, ...] | None = None) -> None:
+    """Write ``labels`` (on the image's grid; with ``start``, a box of it from that voxel on) as a uint8 NIfTI (uint16
+    when an id exceeds 254) with the image file's own header and affine (shifted to the box)."""
     import nibabel as nib
 
     source = nib.load(str(image_path))
     data = label_array(labels)
     header = source.header.copy()
     header.set_data_dtype(data.dtype)
-    image = nib.Nifti1Image(data, source.affine, header)
+    affine = source.affine.copy()
+    if start is not None:
+        affine[:3, 3] += affine[:3, :3] @ np.asarray(start, dtype=float)
+    image = nib.Nifti1Image(data, affine, header)
     image.header.set_slope_inter(1.0, 0.0)
     handle, temporary = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp.nii.gz", dir=out_path.parent)
     os.close(handle)

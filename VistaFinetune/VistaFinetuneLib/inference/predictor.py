@@ -7,6 +7,7 @@ built once from its ``configs/inference.json`` with ``monai.bundle.ConfigParser`
 - the post-processing's NaN -> 255 step is disabled, so "not processed" stays a mask of its own and 255 can be a
   class (NV-Segment-CTMR); its ``SaveImaged`` is disabled too: the label file is written here, on the input's
   exact grid, atomically, with a legend (see :mod:`VistaFinetuneLib.inference.outputs`);
+- cudnn benchmarking is switched back on after the bundle's ``set_determinism`` when asked (``cudnn_benchmark``);
 - the weights are loaded here, after a key-and-shape check that names what does not fit (the bundle's
   ``checkpointloader`` is not run, nor the rest of ``initialize`` but its ``set_determinism``);
 - the evaluator is wrapped (:func:`VistaFinetuneLib.inference.evaluator.engine_evaluator`) so that point prompts
@@ -14,7 +15,8 @@ built once from its ``configs/inference.json`` with ``monai.bundle.ConfigParser`
   ``subclass`` is emptied when the run mapped onto a subclass parent (2, 20, 21).
 
 Between requests it keeps the last image's preprocessing, and the image encoder's output per sliding window
-(:class:`VistaFinetuneLib.inference.encoder_cache.EncoderCache`). Runs in the job environment (imports torch).
+(:class:`VistaFinetuneLib.inference.encoder_cache.EncoderCache`). Each request's seconds are split by stage
+(:mod:`VistaFinetuneLib.inference.stage_timer`). Runs in the job environment (imports torch).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Prediction:
     unprocessed_voxels: int
     timings: dict[str, float]
     cache: dict[str, object]
+    region_start: tuple[int, int, int] | None = None  # labels cover a box of the grid from here; 0 outside
 
 
 @dataclass
@@ -61,6 +64,7 @@ class CachedImage:
     key: tuple
     grid: ImageGrid
     item: dict
+    lookup: object = None  # its InverseLookup, made at the first region request
 
 
 def image_key(path: Path) -> tuple:
@@ -125,8 +129,10 @@ class Predictor:
         use_point_window: bool | None = None,
         encoder_cache_bytes: int = 2 << 30,
         modality: str | None = None,
+        cudnn_benchmark: bool = False,
     ):
         started = time.monotonic()
+        self.cudnn_benchmark = cudnn_benchmark
         self.model = model
         writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # the bundle folder is only read
         try:
@@ -143,17 +149,26 @@ class Predictor:
         from monai.utils import set_determinism
 
         from VistaFinetuneLib.inference.encoder_cache import EncoderCache
+        from VistaFinetuneLib.inference.stage_timer import StageTimer, Timed
 
         set_determinism(seed=123)  # what the bundle's initialize does before inference
+        if self.cudnn_benchmark:  # set_determinism turns it off; the window shape never changes, so tuning pays
+            import torch
+
+            torch.backends.cudnn.benchmark = True
+        self.device = str(self.parser.get_parsed_content("device"))
+        self.timer = StageTimer(self.device)
         self.network = self.parser.get_parsed_content("network")
         self._load_weights()
-        self.encoder_cache = EncoderCache(self.network.image_encoder, encoder_cache_bytes)
+        self.encoder_cache = EncoderCache(self.network.image_encoder, encoder_cache_bytes, self.timer)
         self.network.image_encoder = self.encoder_cache
+        self.timer.time_network(self.network)
         self.evaluator = self.parser.get_parsed_content("evaluator")
         self.inferer = self.parser.get_parsed_content("inferer")
+        self.evaluator.inferer = Timed(self.inferer, self.timer, "inferer")
+        self._time_postprocessing()
         self.collate = self.parser.get_parsed_content("dataloader").collate_fn
         self.image_transforms, self.prompt_transforms = self._split_preprocessing()
-        self.device = str(self.parser.get_parsed_content("device"))
         self.default_point_window = bool(self.inferer.use_point_window)
         self.everything_ids = [int(x) for x in (self.parser.get_parsed_content("everything_labels") or [])]
         self.picks_modality = modality is None and chooses_modality(self.parser.config)
@@ -214,6 +229,22 @@ class Predictor:
             )
         self.network.load_state_dict(state, strict=True)
 
+    def _time_postprocessing(self) -> None:
+        """Charge the bundle's ``Invertd`` to the stage ``inversion``, its other post-processing to ``postprocess``."""
+        from monai.apps.vista3d.transforms import VistaPostTransformd
+        from monai.transforms import Invertd
+
+        from VistaFinetuneLib.inference.stage_timer import Timed
+
+        self.postprocessing = self.parser.get_parsed_content("postprocessing")
+        transforms = self.postprocessing.transforms
+        self.invert = next((t for t in transforms if isinstance(t, Invertd)), None)
+        self.vista_post = next((t for t in transforms if isinstance(t, VistaPostTransformd)), None)
+        self.timed_postprocessing = tuple(
+            Timed(t, self.timer, "inversion" if isinstance(t, Invertd) else "postprocess") for t in transforms
+        )
+        self.postprocessing.transforms = self.timed_postprocessing
+
     def _split_preprocessing(self):
         """The bundle's preprocessing as (image transforms, prompt transforms): VistaPreTransformd only reads and
         rewrites the prompts, so the image part can be cached while prompts change."""
@@ -254,24 +285,33 @@ class Predictor:
         prompts: Prompts,
         use_point_window: bool | None = None,
         check: Callable[[], None] = lambda: None,
+        region: bool = False,
     ) -> Prediction:
-        """Run the bundle's evaluator on one image with these prompts; ``check`` raises :class:`Cancelled`."""
+        """Run the bundle's evaluator on one image with these prompts; ``check`` raises :class:`Cancelled`.
+
+        With ``region``, a point-window request's post-processing covers the clicks' windows only and the labels are
+        that box of the grid (:mod:`VistaFinetuneLib.inference.point_region`); other requests are unaffected."""
         if prompts.points_ijk is not None and importlib.util.find_spec("skimage") is None:
             raise UserError(
                 "point prompts need scikit-image in the job environment (VISTA3D keeps the connected components "
                 "that hold the clicks with it): pip install scikit-image"
             )
         started = time.monotonic()
-        cached, image_state = self._image(Path(image), check)
+        self.timer.reset()
+        with self.timer.stage("read_resample"):
+            cached, image_state = self._image(Path(image), check)
+            data = dict(copy.deepcopy(cached.item))
+            if prompts.class_ids is not None:
+                data["label_prompt"] = list(prompts.class_ids)
+            if prompts.points_ijk is not None:
+                data["points"] = [list(p) for p in prompts.points_ijk]
+                data["point_labels"] = list(prompts.point_labels or [])
+            data = self.prompt_transforms(data)
         image_seconds = time.monotonic() - started
-        data = dict(copy.deepcopy(cached.item))
-        if prompts.class_ids is not None:
-            data["label_prompt"] = list(prompts.class_ids)
-        if prompts.points_ijk is not None:
-            data["points"] = [list(p) for p in prompts.points_ijk]
-            data["point_labels"] = list(prompts.point_labels or [])
-        data = self.prompt_transforms(data)
         self.inferer.use_point_window = self.default_point_window if use_point_window is None else use_point_window
+        by_region = region and prompts.points_ijk is not None and self.inferer.use_point_window and self._regionable()
+        if by_region:  # the bundle's post-processing runs below, on the region only
+            self.postprocessing.transforms = ()
         self.encoder_cache.start_request(check)
         self.evaluator.data_loader = [self.collate([data])]
         inference_started = time.monotonic()
@@ -283,15 +323,19 @@ class Predictor:
             raise UserError(f"the bundle refused the prompts: {error}") from None
         finally:
             self.inferer.use_point_window = self.default_point_window
+            self.postprocessing.transforms = self.timed_postprocessing
             # ignite 0.5 keeps the finished run generator of a run that raised; the next run would then do nothing.
             self.evaluator._internal_run_generator = None
         done = time.monotonic()
-        pred = self.evaluator.state.output[0]["pred"]
-        labels = np.asarray(pred.detach().cpu().numpy())[0]
-        if labels.shape != cached.grid.shape:
-            raise RuntimeError(f"the bundle's post-processing returned {labels.shape}, not {cached.grid.shape}")
-        unprocessed = unprocessed_mask(labels, prompts.class_ids)
-        labels = label_array(np.where(unprocessed, 0, labels))
+        if by_region:
+            return self._region_prediction(cached, image_seconds, done - inference_started, image_state)
+        with self.timer.stage("postprocess"):
+            pred = self.evaluator.state.output[0]["pred"]
+            labels = np.asarray(pred.detach().cpu().numpy())[0]
+            if labels.shape != cached.grid.shape:
+                raise RuntimeError(f"the bundle's post-processing returned {labels.shape}, not {cached.grid.shape}")
+            unprocessed = unprocessed_mask(labels, prompts.class_ids)
+            labels = label_array(np.where(unprocessed, 0, labels))
         return Prediction(
             labels=labels,
             unprocessed_voxels=int(unprocessed.sum()),
@@ -299,8 +343,45 @@ class Predictor:
                 "image_s": round(image_seconds, 4),
                 "inference_s": round(done - inference_started, 4),
                 "postprocess_s": round(time.monotonic() - done, 4),
+                "stages": self.timer.stages(),
             },
             cache={"image": image_state, **self.encoder_cache.request_stats()},
+        )
+
+    def _regionable(self) -> bool:
+        """Whether the bundle's post-processing is the one the region path reproduces."""
+        known = (self.invert, self.vista_post)
+        others = ("Lambdad", "ToDeviced")  # the bundle's NaN -> 255 (kept here as "not processed"), a disabled move
+        return None not in known and all(
+            t.wrapped in known or type(t.wrapped).__name__ in others for t in self.timed_postprocessing
+        )
+
+    def _region_prediction(self, cached: CachedImage, image_seconds: float, inference_seconds: float, image_state):
+        from VistaFinetuneLib.inference.point_region import InverseLookup, region_labels
+
+        started = time.monotonic()
+        if cached.lookup is None:
+            with self.timer.stage("inversion"):
+                cached.lookup = InverseLookup(self.invert, cached.item[self.parser["image_key"]])
+        output = self.evaluator.state.output[0]
+        region = region_labels(output, self.vista_post, cached.lookup, self.timer.stage)
+        total = int(np.prod(cached.grid.shape))
+        if region is None:
+            labels, start, unprocessed = np.zeros(cached.grid.shape, dtype=np.uint8), None, total
+        else:
+            unprocessed = int(region.unprocessed.sum()) + total - region.labels.size
+            labels, start = region.labels, region.start
+        return Prediction(
+            labels=labels,
+            unprocessed_voxels=unprocessed,
+            timings={
+                "image_s": round(image_seconds, 4),
+                "inference_s": round(inference_seconds, 4),
+                "postprocess_s": round(time.monotonic() - started, 4),
+                "stages": self.timer.stages(),
+            },
+            cache={"image": image_state, **self.encoder_cache.request_stats()},
+            region_start=start,
         )
 
     def info(self) -> dict:
@@ -308,5 +389,6 @@ class Predictor:
             "sha256": self.checkpoint_sha256,
             "device": self.device,
             "use_point_window": self.default_point_window,
+            "cudnn_benchmark": self.cudnn_benchmark,
             "seconds": self.load_seconds,
         }

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from VistaFinetuneLib.inference.models import ModelSpec
+from VistaFinetuneLib.inference.outputs import label_array
 from VistaFinetuneLib.inference.prompts import UPSTREAM_CLASS_PROMPT_IDS, Prompts
 from VistaFinetuneLib.run_files import read_json
 
@@ -71,26 +72,42 @@ def routed_predict(
     prompts: Prompts,
     use_point_window: bool | None,
     check: Callable[[], None],
+    region: bool = False,
 ):
-    """The prediction for ``prompts``, each class from the model routing gives it; and class id -> model name."""
+    """The prediction for ``prompts``, each class from the model routing gives it; and class id -> model name.
+    ``region``: a point-window click may answer with a box of the grid (see the predictor)."""
+
+    def run(model, these: Prompts):
+        return model.predict(image, these, use_point_window, check, region=region)
+
     own_name = predictor.model.name
     ids = list(prompts.class_ids or [])
     if routing is None or pretrained is None or prompts.class_ids is None:
-        return predictor.predict(image, prompts, use_point_window, check), dict.fromkeys(ids, own_name)
+        return run(predictor, prompts), dict.fromkeys(ids, own_name)
     own = [c for c in ids if routing.answers(c)]
     other = [c for c in ids if not routing.answers(c)]
     if not other:
-        return predictor.predict(image, prompts, use_point_window, check), dict.fromkeys(ids, own_name)
+        return run(predictor, prompts), dict.fromkeys(ids, own_name)
     base = pretrained()
     answered = dict.fromkeys(other, base.model.name) | dict.fromkeys(own, own_name)
     if not own or prompts.points_ijk is not None:  # points prompt one object: its one class decides
-        return base.predict(image, prompts, use_point_window, check), answered
-    first = base.predict(image, replace(prompts, class_ids=other), use_point_window, check)
-    second = predictor.predict(image, replace(prompts, class_ids=own), use_point_window, check)
-    first.labels = np.where(second.labels != 0, second.labels, first.labels).astype(first.labels.dtype)
+        return run(base, prompts), answered
+    first = run(base, replace(prompts, class_ids=other))
+    second = run(predictor, replace(prompts, class_ids=own))
+    first.labels = label_array(np.where(second.labels != 0, second.labels, first.labels))
     first.unprocessed_voxels = max(first.unprocessed_voxels, second.unprocessed_voxels)
-    first.timings = {k: round(v + second.timings.get(k, 0.0), 4) for k, v in first.timings.items()}
+    first.timings = summed_timings(first.timings, second.timings)
     return first, answered
+
+
+def summed_timings(first: dict, second: dict) -> dict:
+    """Two predictions' seconds added up, stage by stage."""
+    return {
+        key: summed_timings(value, second.get(key, {}))
+        if isinstance(value, dict)
+        else round(value + second.get(key, 0.0), 4)
+        for key, value in first.items()
+    }
 
 
 def lazy_pretrained(model: ModelSpec, build: Callable[[ModelSpec], object]) -> Callable[[], object]:

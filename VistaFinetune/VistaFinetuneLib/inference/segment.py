@@ -13,8 +13,9 @@ from pathlib import Path
 from VistaFinetuneLib import __version__
 from VistaFinetuneLib.data.geometry import ijk_to_ras
 from VistaFinetuneLib.inference import routing
-from VistaFinetuneLib.inference.outputs import check_output_path, label_entries, write_prediction
+from VistaFinetuneLib.inference.outputs import check_output_path, label_entries, legend_path, write_labels
 from VistaFinetuneLib.inference.prompts import POINTS_ONLY_VALUE, build_prompts
+from VistaFinetuneLib.run_files import write_json_atomic
 
 
 @dataclass
@@ -31,6 +32,7 @@ class SegmentRequest:
     class_names: dict[int, str] = field(default_factory=dict)
     use_point_window: bool | None = None
     routing: bool = True  # a run answers only the classes it improved; the pretrained weights the others
+    region: bool = False  # a point-window click may answer with the box its windows cover only
 
 
 def segment(
@@ -53,7 +55,7 @@ def segment(
     )  # fmt: skip
     route = routing.routing_of(predictor.model) if request.routing and pretrained is not None else None
     prediction, answered = routing.routed_predict(
-        predictor, pretrained, route, image, prompts, request.use_point_window, check
+        predictor, pretrained, route, image, prompts, request.use_point_window, check, request.region
     )
     check()
 
@@ -87,9 +89,17 @@ def segment(
         "cache": prediction.cache,
         "producer": {"name": "VistaFinetune", "version": __version__},
     }
+    start = prediction.region_start
+    region = None if start is None else {"start": list(start), "shape": list(grid.shape)}
+    legend["region"] = region
+    write_labels(image, prediction.labels, output, start)
     timings = dict(prediction.timings)
+    timings["stages"] = dict(timings["stages"], write=round(time.monotonic() - write_started, 4))
+    timings["network_s"] = round(timings["stages"]["encoder"] + timings["stages"]["heads"], 4)
+    timings["total_s"] = round(time.monotonic() - started, 4)
     legend["seconds"] = timings
-    legend_file = write_prediction(image, prediction.labels, output, legend)
+    legend_file = legend_path(output)
+    write_json_atomic(legend_file, legend)
     timings["write_s"] = round(time.monotonic() - write_started, 4)
     timings["total_s"] = round(time.monotonic() - started, 4)
     return {
@@ -98,4 +108,5 @@ def segment(
         "labels": labels,
         "timings": timings,
         "cache": prediction.cache,
+        "region": region,
     }

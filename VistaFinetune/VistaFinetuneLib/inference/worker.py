@@ -48,18 +48,25 @@ Operations:
   ``"class_names"`` (``{"133": "Tumor 1"}``: names the user gave, used to resolve and in the legend),
   ``"use_point_window"`` (bool; default the bundle's ``use_point_window``), ``"routing"`` (bool, default true:
   a finetuned run answers only the classes it improved, the bundle's pretrained weights the others; see
-  :mod:`VistaFinetuneLib.inference.routing`; each legend label says which model answered it).
+  :mod:`VistaFinetuneLib.inference.routing`; each legend label says which model answered it), ``"region"`` (bool,
+  default false: a click with the point window may then answer with the box of the grid its windows cover only).
   Response::
 
     {"id": ..., "op": "predict", "ok": true, "output": "/abs/out.nii.gz", "legend": "/abs/out.legend.json",
      "labels": {"1": {"name": "liver", "color": [r, g, b]}, ...},   # the values present in the output
-     "timings": {"image_s": .., "inference_s": .., "postprocess_s": .., "write_s": .., "total_s": ..},
-     "cache": {"image": "hit"|"miss", "encoder_windows_reused": n, "encoder_windows_computed": m}}
+     "timings": {"image_s": .., "inference_s": .., "postprocess_s": .., "write_s": .., "total_s": ..,
+                 "network_s": .., "stages": {"read_resample": .., "encoder": .., "heads": .., "stitch": ..,
+                                             "postprocess": .., "inversion": .., "write": ..}},
+     "cache": {"image": "hit"|"miss", "encoder_windows_reused": n, "encoder_windows_computed": m,
+               "encoder_windows_not_kept": k},
+     "region": null}           # with "region": true on a click: {"start": [i, j, k], "shape": [X, Y, Z]}
 
   The output is a label NIfTI on the input image's exact grid (shape and affine), values = VISTA3D class ids
   (a points-only prompt gives value 1), 0 = background (the bundle's "not processed" value 255 is written as 0);
   the legend JSON beside it holds value -> name and colour, the model, its checkpoint SHA-256, the prompts used
-  and the seconds. Both files are written to temporary names and renamed: no reader sees half a file.
+  and the seconds. With a ``"region"`` answer the file holds that box only (its affine shifted to the box's first
+  voxel; every voxel outside it is 0): the same labels as the whole-volume answer, voxel for voxel. Both files
+  are written to temporary names and renamed: no reader sees half a file.
 - ``{"op": "cancel", "target": ID}`` (``target`` omitted: whatever runs) -> ``{"ok": true, "cancelled": ID|null}``;
   the cancelled request then answers with ``"kind": "cancelled"`` and writes no output.
 - ``{"op": "shutdown"}`` -> ``{"ok": true}``, then the worker exits (code 0).
@@ -306,6 +313,7 @@ class Worker:
             class_names=parse_class_names(field_of(request, "class_names", (dict,)), "predict: class_names"),
             use_point_window=field_of(request, "use_point_window", (bool,)),
             routing=field_of(request, "routing", (bool,), default=True),
+            region=field_of(request, "region", (bool,), default=False),
         )
         return segment(self.models[name], segment_request, self.check_cancelled, self.pretrained_for(name))
 

@@ -24,6 +24,7 @@ import vtk
 from VistaFinetuneLib.bundle.labels import normalise
 from VistaFinetuneLib.data.nifti import read_nifti, write_nifti
 from VistaFinetuneLib.errors import UserError
+from VistaFinetuneLib.inference.point_region import place_region
 from VistaFinetuneLib.interactive.class_list import ModelClass, point_rule
 from VistaFinetuneLib.interactive.models import ModelChoice
 from VistaFinetuneLib.interactive.point_session import PointPrompt, PointSession
@@ -92,6 +93,7 @@ class Outcome:
     worker_seconds: float | None = None  # the worker's own total
     voxels_changed: int = 0
     outputs: dict[str, str] | None = None  # a comparison's prediction files: {"pretrained": ..., "finetuned": ...}
+    network_seconds: float | None = None  # the network's part of the worker's total (encoder and heads)
 
 
 @dataclass
@@ -183,6 +185,8 @@ class PromptLogic:
         image_path, write_image = self._image_file(volume_node)
         model, load = self._model_request()
         request = {"op": "predict", "model": model, "image": str(image_path), "routing": self.routing, **prompts}
+        if "points" in prompts:  # a click's answer may cover its windows' box only
+            request["region"] = True
         if self.model.class_names:
             request["class_names"] = {str(k): v for k, v in self.model.class_names.items()}
         shape = tuple(volume_node.GetImageData().GetDimensions())
@@ -194,6 +198,9 @@ class PromptLogic:
                 connection.ensure_model(model, load)
             response = connection.call(request)
             labels = read_nifti(Path(response["output"]))[0]
+            region = response.get("region")
+            if region:
+                labels = place_region(labels, region["start"], region["shape"])
             if labels.shape != shape:
                 raise UserError(f"{response['output']}: the prediction has shape {labels.shape}, expected {shape}")
             return {"labels": labels, "response": response}
@@ -266,11 +273,12 @@ class PromptLogic:
             pending.session.record(pending.points, prediction, fingerprint)
         changed = sum(w.voxels for segment_writes in writes.values() for w in segment_writes)
         seconds = time.monotonic() - ticket.submitted
-        worker_seconds = (response.get("timings") or {}).get("total_s")
+        timings = response.get("timings") or {}
         message = f"{changed} voxels changed in {seconds:.2f} s"
         if pending.note:
             message += ". " + pending.note
-        return Outcome(True, message, seconds, worker_seconds, changed)
+        worker_seconds, network_seconds = timings.get("total_s"), timings.get("network_s")
+        return Outcome(True, message, seconds, worker_seconds, changed, network_seconds=network_seconds)
 
     def points_of(self, volume_node, segment_id: str, model_class: ModelClass | None) -> tuple[PointPrompt, ...]:
         """The clicks of a segment's session (for the markers)."""
