@@ -55,7 +55,7 @@ ORGANS = (
     ("aorta", 6, (-10.0, -30.0, 0.0), (12.0, 12.0, 140.0), 200.0),
 )
 CLICKS = 8
-LIMITS_S = {"setup": 120, "window": 45, "class": 75, "clicks": 75, "everything": 60, "train": 60}
+LIMITS_S = {"setup": 120, "window": 45, "class": 75, "clicks": 120, "everything": 60, "train": 60}
 SMOKE_SLACK = 3  # --smoke checks that every section works, on a shared CPU: its limits only stop a hang
 
 
@@ -268,22 +268,28 @@ def section_class(state: dict) -> dict:
 
 
 def section_clicks(state: dict) -> dict:
+    """Eight warm clicks answered on their windows' region (what the effect asks for), then the same clicks answered
+    over the whole volume (before issue 21), with one predictor: seconds, stages, the share outside the network."""
     memory = Memory(state["device"])
     predictor = predictor_for(state)
     points, labels = state["points"], state["point_labels"]
-    first = ask(predictor, state, "click-0", points=points[:1], point_labels=labels[:1], points_space="ijk")
-    clicks = []
-    for k in range(2, len(points) + 1):
-        clicks.append(ask(predictor, state, f"click-{k}", points=points[:k], point_labels=labels[:k],
-                          points_space="ijk"))  # fmt: skip
-    totals = [c["seconds"] for c in clicks]
-    stages = {name: round(statistics.median(c["stages"][name] for c in clicks), 4) for name in clicks[0]["stages"]}
-    network = statistics.median(c["network_s"] for c in clicks)
-    return {
-        "first": first, "clicks": clicks, "median_s": round(statistics.median(totals), 4),
-        "max_s": round(max(totals), 4), "median_stages": stages,
-        "outside_network_share": round(1 - network / statistics.median(totals), 3),
-    } | memory.peak()  # fmt: skip
+    result: dict = {}
+    for way, region in (("region", True), ("whole", False)):
+        ask(predictor, state, f"{way}-click-1", points=points[:1], point_labels=labels[:1], points_space="ijk",
+            region=region)  # fmt: skip
+        clicks = [
+            ask(predictor, state, f"{way}-click-{k}", points=points[:k], point_labels=labels[:k], points_space="ijk",
+                region=region)  # fmt: skip
+            for k in range(2, len(points) + 1)
+        ]
+        totals = [c["seconds"] for c in clicks]
+        stages = {name: round(statistics.median(c["stages"][name] for c in clicks), 4) for name in clicks[0]["stages"]}
+        network = statistics.median(c["network_s"] for c in clicks)
+        result[way] = {
+            "clicks": clicks, "median_s": round(statistics.median(totals), 4), "max_s": round(max(totals), 4),
+            "median_stages": stages, "outside_network_share": round(1 - network / statistics.median(totals), 3),
+        }  # fmt: skip
+    return result | {"median_s": result["region"]["median_s"]} | memory.peak()
 
 
 def section_everything(state: dict) -> dict:
@@ -428,12 +434,12 @@ def table(results: dict, sizes: Sizes) -> list[tuple[str, str, str]]:
                 rows.append((f"class prompt (liver), {when}", fmt(r["seconds"]), "target <= 5 s"))
                 rows.append(("  stages", stage_text(r["stages"]), peak_text(result) if when == "warm" else ""))
         elif name == "clicks":
-            rows.append((f"first click (image cached? {result['first']['cache']['image']})",
-                         fmt(result["first"]["seconds"]), ""))  # fmt: skip
-            rows.append((f"{len(result['clicks'])} warm clicks, median (max)",
-                         f"{fmt(result['median_s'])} ({fmt(result['max_s'])})", "target <= 1 s"))  # fmt: skip
-            rows.append(("  median stages", stage_text(result["median_stages"]),
-                         f"outside the network {result['outside_network_share']:.0%}"))  # fmt: skip
+            for way in ("region", "whole"):
+                r = result[way]
+                rows.append((f"{len(r['clicks'])} warm clicks ({way}), median (max)",
+                             f"{fmt(r['median_s'])} ({fmt(r['max_s'])})", "target <= 1 s"))  # fmt: skip
+                rows.append(("  median stages", stage_text(r["median_stages"]),
+                             f"outside the network {r['outside_network_share']:.0%}"))  # fmt: skip
             rows.append(("  memory", "", peak_text(result)))
         elif name == "everything":
             rows.append((f"everything ({result['labels']} labels found)", fmt(result["seconds"]), peak_text(result)))
