@@ -18,6 +18,7 @@ ALLOWED_DISTRIBUTIONS = {
     "pillow", "packaging", "pip", "setuptools", "wheel",
     "slicer-core", "vtk", "pyside6-essentials", "shiboken6",
     "pytest", "iniconfig", "pluggy", "pygments",
+    "vistafinetune",  # the engine itself: on Slicer's module path there; its egg-info appears after `pip install -e .`
 }  # fmt: skip
 
 
