@@ -168,3 +168,27 @@ def test_routing_answers_untrained_classes_with_the_pretrained_weights(kidney_ru
     assert answered == {"1": "pretrained", "14": "finetuned"}
     kidney, _ = ask("kidney", ["left kidney"], run)
     assert np.array_equal(both[kidney == 14], kidney[kidney == 14])
+
+
+@pytest.mark.unit
+def test_new_cases_train_unless_added_to_validation(tmp_path):
+    from VistaFinetuneLib.data.dataset import Case, write_datalist
+    from VistaFinetuneLib.errors import UserError
+
+    def case(name: str, fold: int) -> Case:
+        for folder in ("imagesTr", "labelsTr"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            (tmp_path / folder / f"{name}.nii.gz").touch()
+        return Case(name, tmp_path / "imagesTr" / f"{name}.nii.gz", tmp_path / "labelsTr" / f"{name}.nii.gz", fold)
+
+    run = tmp_path / "run"
+    (run / "dataset").mkdir(parents=True)
+    write_datalist([case("v", 0), case("t", 1)], run / rounds.SOURCE_DATALIST)
+    previous = rounds.PreviousRound(run, {}, {})
+    new = [case("n0", 0), case("n1", None)]
+    folds = {c.name: c.fold for c in rounds.merge_cases(previous, new, add_validation=False)}
+    assert folds == {"v": 0, "t": 1, "n0": 1, "n1": 1}
+    folds = {c.name: c.fold for c in rounds.merge_cases(previous, new, add_validation=True)}
+    assert folds == {"v": 0, "t": 1, "n0": 0, "n1": 1}
+    with pytest.raises(UserError, match="already a validation case"):
+        rounds.merge_cases(previous, [Case("renamed", case("v", 0).image, case("v", 0).label, 1)], False)
