@@ -50,6 +50,9 @@ def test_smoke_clicks_and_class_prompts_carry_the_stage_split(smoke):
         assert click["stages"]["encoder"] > 0 and click["stages"]["heads"] > 0
         assert click["network_s"] == pytest.approx(click["stages"]["encoder"] + click["stages"]["heads"], abs=2e-4)
         assert click["network_s"] < click["seconds"]
+    assert all(click["region"] is not None for click in clicks)
+    assert sections["clicks"]["whole_volume_last"]["region"] is None
+    assert sections["clicks"]["region_equals_whole_volume"] is True
     cold, warm = sections["class"]["cold"], sections["class"]["warm"]
     assert cold["cache"]["image"] == "miss" and warm["cache"]["image"] == "hit"
     assert warm["cache"]["encoder_windows_computed"] == 0 < warm["cache"]["encoder_windows_reused"]
