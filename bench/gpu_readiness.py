@@ -141,8 +141,9 @@ def click_points(labels: np.ndarray, count: int) -> tuple[list[list[float]], lis
 
 
 # -- setup (its own process) ----------------------------------------------------------------------------------------
-def setup(state: dict) -> dict:
-    """A copy of the bundle with random weights, the CT and its click points, the training datasets."""
+def setup(state: dict, data: bool = True) -> dict:
+    """A copy of the bundle with random weights (and with ``data``: the CT and its click points, the training
+    datasets)."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -161,6 +162,8 @@ def setup(state: dict) -> dict:
     network = parser.get_parsed_content("network_def")
     torch.save(network.state_dict(), bundle / "models" / "model.pt")
     parameters = sum(p.numel() for p in network.parameters())
+    if not data:
+        return {"bundle": str(bundle), "parameters_millions": round(parameters / 1e6, 1)}
     image, labels, affine = synthetic_ct(sizes.ct_shape, sizes.ct_spacing, labelled=3)
     ct = work / "ct.nii"  # what the effect writes for the worker
     save_nifti(image, affine, ct)
