@@ -3,6 +3,12 @@
 (points only: 4 positive in the liver, then a negative one outside it; each click sends all points so far).
 
     python bench/bench_worker.py [--model tiny|full|both] [--size 64] [--clicks 5]
+    python bench/bench_worker.py --bundle NV-Segment-CT --ct 512x512x300 [--patch 64] --region
+
+With ``--bundle`` a real bundle's configs and scripts are used (random full-size weights made at run time, never
+kept; ``--patch`` shrinks its inference window for a CPU), with ``--ct`` a body-sized synthetic CT of that shape at
+0.8x0.8x1 mm; ``--region`` compares, with one warm worker, each click answered the whole-volume way (before issue
+21) and on its windows' region (after), side by side: seconds, the share spent outside the network, identity.
 
 ``tiny`` is the tiny reference bundle; ``full`` is the full-size VISTA3D network (``vista3d132``, 218M parameters)
 with random weights made here at run time in a temporary folder (never kept), 1.5 mm spacing and (by default) patch
@@ -36,6 +42,7 @@ from scipy import ndimage
 from VistaFinetuneLib.bundle import tiny_bundle
 from VistaFinetuneLib.bundle.runner import QUIET_WARNINGS
 from VistaFinetuneLib.data import synthetic
+from VistaFinetuneLib.inference.point_region import place_region
 from VistaFinetuneLib.resources import ENGINE_ROOT
 
 FULL_SIZE_OVERRIDES = {
@@ -135,9 +142,9 @@ class Warm:
         self.start_seconds = time.perf_counter() - started
         self.out = out
 
-    def ask(self, index: int, request: dict) -> tuple[float, dict, np.ndarray]:
+    def ask(self, index, request: dict, region: bool = False) -> tuple[float, dict, np.ndarray]:
         message = {"id": index, "op": "predict", "image": request["image"], "points_space": "ijk",
-                   "output": str(self.out / f"r{index}.nii.gz")}  # fmt: skip
+                   "output": str(self.out / f"r{index}-{region}.nii.gz"), "region": region}  # fmt: skip
         if "label_prompt" in request:
             message["classes"] = request["label_prompt"]
         if "points" in request:
@@ -148,7 +155,10 @@ class Warm:
         response = self.lines.get(timeout=1800)
         seconds = time.perf_counter() - started
         assert response["ok"], response
-        return seconds, response, np.asarray(nib.load(response["output"]).dataobj)
+        labels = np.asarray(nib.load(response["output"]).dataobj)
+        if response.get("region"):  # what the effect does with a region answer
+            labels = place_region(labels, response["region"]["start"], response["region"]["shape"])
+        return seconds, response, labels
 
     def peak_rss_mb(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -197,23 +207,105 @@ def compare(name: str, bundle: Path, image: Path, liver: np.ndarray, clicks: int
         warm.close()
 
 
+def real_bundle(work: Path, source: Path, patch: int | None) -> Path:
+    """A copy of a real bundle's configs and scripts with random full-size weights (and, on a small CPU, a smaller
+    inference window)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_readiness import setup
+
+    made = setup({"work": str(work), "bundle_source": str(source), "smoke": True}, data=False)
+    bundle = Path(made["bundle"])
+    if patch:
+        config = json.loads((bundle / "configs" / "inference.json").read_text())
+        config["patch_size"] = [patch] * 3
+        (bundle / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
+    print(f"{source.name}: {made['parameters_millions']}M parameters, random weights", flush=True)
+    return bundle
+
+
+def large_ct(work: Path, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[Path, np.ndarray]:
+    """A body-sized synthetic CT (what bench/gpu_readiness.py makes) and its liver mask."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_readiness import save_nifti, synthetic_ct
+
+    image, labels, affine = synthetic_ct(shape, spacing, labelled=3)
+    path = work / "ct.nii"
+    save_nifti(image, affine, path)
+    return path, labels
+
+
+def region_comparison(name: str, bundle: Path, image: Path, liver: np.ndarray, clicks: int, work: Path) -> None:
+    """Each click answered the whole-volume way and on its windows' region, by one warm worker, side by side."""
+    todo = [r for r in requests(image, liver, clicks) if "points" in r]
+    shape = "x".join(map(str, nib.load(image).shape))
+    print(f"\n== {name}, {shape} image: a click the whole-volume way (before) and on its region (after)", flush=True)
+    warm = Warm(bundle, True, work / f"warm-region-{name}")
+    print(f"warm worker start: {warm.start_seconds:.1f} s", flush=True)
+    rows = []
+    for index, request in enumerate(todo):
+        answers = {}
+        for region in (False, True):
+            seconds, response, labels = warm.ask(f"{index}-{region}", request, region)
+            timings = response["timings"]
+            outside = 1 - timings["network_s"] / seconds
+            answers[region] = (seconds, outside, labels, timings["stages"])
+        same = np.array_equal(answers[False][2], answers[True][2])
+        rows.append((answers[False][0], answers[True][0], answers[False][1], answers[True][1], same))
+        print(
+            f"click {index + 1} ({len(request['points'])} points): whole {answers[False][0]:6.2f} s "
+            f"(outside the network {answers[False][1]:.0%})   region {answers[True][0]:6.2f} s "
+            f"(outside {answers[True][1]:.0%})   identical {same}",
+            flush=True,
+        )
+        for region in (False, True):
+            stages = " ".join(f"{k} {v:.2f}" for k, v in answers[region][3].items())
+            print(f"    {'region' if region else 'whole '} stages: {stages}", flush=True)
+    warm_rows = rows[1:] or rows  # the first click also makes the region path's inversion lookup
+    whole = statistics.median(r[0] for r in warm_rows)
+    part = statistics.median(r[1] for r in warm_rows)
+    out_whole = statistics.median(r[2] for r in warm_rows)
+    out_part = statistics.median(r[3] for r in warm_rows)
+    print(
+        f"warm clicks (median of {len(warm_rows)}): whole {whole:.2f} s, region {part:.2f} s, ratio "
+        f"{whole / part:.2f}x; share outside the network {out_whole:.0%} -> {out_part:.0%} "
+        f"({out_part / out_whole:.2f}x); all identical: {all(r[4] for r in rows)}",
+        flush=True,
+    )
+    warm.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "full", "both"], default="both")
     parser.add_argument("--size", type=int, default=64, help="full-size model: the phantom's edge in voxels")
-    parser.add_argument("--patch", type=int, default=128, help="full-size model: the window's edge (upstream: 128)")
+    parser.add_argument("--patch", type=int, help="full-size model: the window's edge (default the upstream 128)")
     parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--bundle", type=Path, help="a real bundle's configs and scripts (random full-size weights)")
+    parser.add_argument("--ct", help="a body-sized synthetic CT of this shape, e.g. 512x512x300 (0.8x0.8x1 mm)")
+    parser.add_argument("--region", action="store_true", help="only the click path before/after, warm, side by side")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vf-bench-worker-"))
     print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average {os.getloadavg()}")
     try:
+        if args.bundle or args.ct or args.region:
+            bundle = real_bundle(work, args.bundle, args.patch) if args.bundle else tiny_bundle.ensure_tiny_bundle()
+            shape = tuple(int(v) for v in args.ct.split("x")) if args.ct else None
+            image, liver = large_ct(work, shape, (0.8, 0.8, 1.0)) if shape else phantom(work, None)
+            liver = (liver == 1).astype(np.uint8)
+            name = args.bundle.name if args.bundle else "tiny bundle"
+            if args.region:
+                region_comparison(name, bundle, image, liver, args.clicks, work)
+            else:
+                compare(name, bundle, image, liver, args.clicks, work)
+            return
         if args.model in ("tiny", "both"):
             image, liver = phantom(work, None)
             compare("tiny bundle", tiny_bundle.ensure_tiny_bundle(), image, liver, args.clicks, work)
         if args.model in ("full", "both"):
             image, liver = phantom(work, args.size)
-            name = f"full-size VISTA3D (random weights, patch {args.patch}^3)"
-            compare(name, full_size_bundle(work, args.patch), image, liver, args.clicks, work)
+            patch = args.patch or 128
+            name = f"full-size VISTA3D (random weights, patch {patch}^3)"
+            compare(name, full_size_bundle(work, patch), image, liver, args.clicks, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -106,6 +106,7 @@ class PromptLogic:
     pending: Pending | None = None
     images: dict[str, tuple[str, Path]] = field(default_factory=dict)  # volume node id -> (fingerprint, file)
     routing: bool = True  # a run answers only the classes it improved (inference/routing.py); off: it answers all
+    click_regions: bool = True  # ask for a click's windows' box only (False: the whole volume, as before issue 21)
 
     @property
     def busy(self) -> bool:
@@ -185,7 +186,7 @@ class PromptLogic:
         image_path, write_image = self._image_file(volume_node)
         model, load = self._model_request()
         request = {"op": "predict", "model": model, "image": str(image_path), "routing": self.routing, **prompts}
-        if "points" in prompts:  # a click's answer may cover its windows' box only
+        if "points" in prompts and self.click_regions:  # a click's answer may cover its windows' box only
             request["region"] = True
         if self.model.class_names:
             request["class_names"] = {str(k): v for k, v in self.model.class_names.items()}
