@@ -3,6 +3,7 @@ results. Real NIfTI files and real bundle configs; the job itself runs in test_m
 
 import argparse
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -115,6 +116,13 @@ def test_plan_prefills_from_the_engine_and_the_bundle():
     assert settings.cache_rate == 1.0 and any("cache rate" in why for why in settings.rationale)
     gpu = default_settings(TINY_TEMPLATE, CPU | {"cuda_available": True, "device": "cuda:0", "gpu_free_mb": 20000}, 8)
     assert gpu.patch_size == [128, 128, 128]  # sized by the free GPU memory
+
+
+def test_the_plan_counts_the_mapped_classes_every_step_prompts():
+    environment = CPU | {"cuda_available": True, "device": "cuda:0", "gpu_free_mb": 20000}
+    one, six = (default_settings(TINY_TEMPLATE, environment, 8, n_classes=n) for n in (1, 6))
+    assert math.prod(six.patch_size) < math.prod(one.patch_size)
+    assert any("6 prompted class(es)" in why for why in six.rationale)
 
 
 def parsed_by_the_engine(command: list[str]) -> argparse.Namespace:

@@ -502,6 +502,7 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             row.score = None
             self.ui.mappingTableWidget.setItem(index, 3, qt.QTableWidgetItem(self.mappingNote(row)))
         self.updateMappingMessages()
+        self.updatePlan()  # every mapped class is prompted each step: the patch depends on how many there are
 
     def updateMappingMessages(self) -> None:
         from VistaFinetuneLib.errors import UserError
@@ -523,14 +524,16 @@ class VistaFinetuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- Training --------------------------------------------------------------------------------------------------
 
     def updatePlan(self) -> None:
-        """Pre-fill the plan from the engine's planner for this environment and number of training cases."""
+        """Pre-fill the plan from the engine's planner for this environment, number of training cases and number of
+        mapped classes."""
         from VistaFinetuneLib.panel.controller import default_settings
 
         if self.environment is None or not self.caseRows:
             return
         nTrain = sum(1 for row in self.caseRows if row.usable and not row.validation)
+        nClasses = len({row.class_id for row in self.mappingRows if row.class_id is not None})
         settings = default_settings(
-            self.logic.bundleDir(self._parameterNode), self.environment.plan_environment, nTrain
+            self.logic.bundleDir(self._parameterNode), self.environment.plan_environment, nTrain, nClasses
         )
         with slicer.util.NodeModify(self._parameterNode.parameterNode):
             self._parameterNode.epochs = settings.epochs

@@ -99,9 +99,12 @@ def _bundle_defaults(bundle_dir: Path) -> dict:
     return merged
 
 
-def default_settings(bundle_dir: Path, plan_environment: dict, n_train_cases: int) -> TrainingSettings:
-    """The engine's plan for this machine and dataset, with the bundle's own values where the plan keeps them."""
-    plan = make_plan(plan_environment, n_train_cases)
+def default_settings(
+    bundle_dir: Path, plan_environment: dict, n_train_cases: int, n_classes: int = 1
+) -> TrainingSettings:
+    """The engine's plan for this machine, dataset and number of mapped classes (each is prompted every step), with
+    the bundle's own values where the plan keeps them."""
+    plan = make_plan(plan_environment, n_train_cases, n_classes=max(1, n_classes))
     bundle = _bundle_defaults(bundle_dir)
     patch = plan.patch_size or bundle.get("patch_size") or [128, 128, 128]
     learning_rate = plan.learning_rate if plan.learning_rate is not None else bundle.get("learning_rate", 5e-5)
