@@ -23,7 +23,7 @@ SLICER_PROCESS_TESTS = {
     "test_module_setup.py", "test_module_ui.py", "test_module_widget.py", "test_panel_controller.py",
     "test_effect_classes.py", "test_effect_clicks.py", "test_effect_gui.py", "test_effect_worker.py",
     "test_effect_rules.py", "test_scene_mapping.py", "test_scene_export.py", "test_scene_results.py",
-    "test_slicer_python.py",
+    "test_slicer_python.py", "test_panel_correction.py",
 }  # fmt: skip
 
 from VistaFinetuneLib.bundle import tiny_bundle  # noqa: E402

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
-from VistaFinetuneLib.cli import main
+from job_python import SLICER_PYTHON, job_python
+
 from VistaFinetuneLib.data import synthetic
+from VistaFinetuneLib.jobs.child_env import child_environment
 
 NAMES = {"0": "background", "1": "liver", "2": "spleen", "3": "left kidney"}
 
@@ -29,8 +32,14 @@ def write_cases(root: Path, seed: int, count: int, validation: int, prefix: str,
 
 
 def finetune(*args: str) -> int:
-    """``vista-finetune finetune ARGS`` for one epoch, without the review."""
-    return main(["finetune", *args, "--epochs", "1", "--learning-rate", "0.002", "--skip-review"])
+    """``vista-finetune finetune ARGS`` for one epoch, without the review (in the job environment when the tests run
+    in the Slicer-Python one, as from Slicer)."""
+    argv = ["finetune", *args, "--epochs", "1", "--learning-rate", "0.002", "--skip-review"]
+    if SLICER_PYTHON:
+        return subprocess.run([job_python(), "-m", "VistaFinetuneLib", *argv], env=child_environment()).returncode
+    from VistaFinetuneLib.cli import main
+
+    return main(argv)
 
 
 def first_round(root: Path, bundle_dir: Path) -> Path:

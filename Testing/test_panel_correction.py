@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from job_python import job_python
 from slicer_app_standin import SlicerAppStandIn
 
+from VistaFinetuneLib.data.nifti import read_nifti
 from VistaFinetuneLib.jobs import control
 from VistaFinetuneLib.panel import correction
 
@@ -40,7 +42,6 @@ def addCase(scene, name: str, index: int):
 
 
 def test_correct_add_and_finetune_again(round_one_run, tiny_bundle_dir, tmp_path):
-    import nibabel as nib
     import numpy as np
     import slicer
 
@@ -55,7 +56,7 @@ def test_correct_add_and_finetune_again(round_one_run, tiny_bundle_dir, tmp_path
         widget = loadModule().VistaFinetuneWidget()
         widget.setup()
         ui = widget.ui
-        ui.jobPythonPathLineEdit.currentPath = sys.executable
+        ui.jobPythonPathLineEdit.currentPath = job_python()
         ui.bundlePathLineEdit.currentPath = str(tiny_bundle_dir)
         ui.runsFolderPathLineEdit.currentPath = str(tmp_path / "runs")
         widget.attachRun(str(round_one_run))
@@ -75,7 +76,7 @@ def test_correct_add_and_finetune_again(round_one_run, tiny_bundle_dir, tmp_path
         assert [c["name"] for c in record["cases"]] == ["fix_1", "fix_2"]
         assert {c["correction_of"] for c in record["cases"]} == {str(round_one_run)}
         assert record["cases"][0]["segments_left_out"] == ["Liver"]
-        label = np.asarray(nib.load(record["cases"][0]["label"]).dataobj)
+        label = read_nifti(Path(record["cases"][0]["label"]))[0]
         assert set(np.unique(label).tolist()) == {0, 3}  # the left kidney written as the run's label value
         assert ui.correctionsLabel.text.startswith("2 corrected case(s)")
 

@@ -16,6 +16,7 @@ import numpy as np
 import slicer
 
 from VistaFinetuneLib.bundle.labels import LabelCatalog
+from VistaFinetuneLib.data.nifti import write_nifti
 from VistaFinetuneLib.errors import UserError
 from VistaFinetuneLib.panel import correction
 from VistaFinetuneLib.run_files import read_json, write_json_atomic
@@ -74,10 +75,11 @@ def add_correction(
     values = np.zeros(ids.shape, dtype=np.uint8)
     for value, target in mapping:
         values[ids == target] = value
-    image = nodes.write_nifti(volume, folder / "imagesTr" / f"{name}.nii.gz")
-    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
-    nodes.set_voxels(labelmap, values, nodes.ijk_to_ras(volume))
-    label = nodes.write_nifti(labelmap, folder / "labelsTr" / f"{name}.nii.gz")
+    image, label = folder / "imagesTr" / f"{name}.nii.gz", folder / "labelsTr" / f"{name}.nii.gz"
+    affine = nodes.ijk_to_ras(volume)  # the CT's grid, which case_labels exported the segments onto
+    for path, voxels in ((image, nodes.voxels(volume)), (label, values)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_nifti(path, voxels, affine)
     entry = {
         "name": name,
         "image": str(image),
