@@ -8,11 +8,9 @@ from scipy import ndimage
 
 from VistaFinetuneLib.data import synthetic
 from VistaFinetuneLib.inference.models import pretrained_model
-from VistaFinetuneLib.inference.point_region import place_region
+from VistaFinetuneLib.inference.point_region import place_region, processed_box, window_boxes
 from VistaFinetuneLib.inference.predictor import Predictor
 from VistaFinetuneLib.inference.segment import SegmentRequest, segment
-
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +37,7 @@ def answer(predictor, image, out, region: bool, **prompts) -> tuple[np.ndarray, 
     return labels, response
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "prompt",
     ["positive click", "positive and negative clicks", "class and click"],
@@ -64,7 +63,27 @@ def test_a_region_answer_equals_the_whole_volume_answer(case, tmp_path, prompt):
     np.testing.assert_allclose(region.affine, expected, atol=1e-4)
 
 
+@pytest.mark.e2e
 def test_a_class_prompt_asked_for_a_region_answers_the_whole_volume(case, tmp_path):
     image, liver, predictor = case
     labels, response = answer(predictor, image, tmp_path / "class.nii.gz", True, classes=[1])
     assert response["region"] is None and labels.shape == liver.shape
+
+
+@pytest.mark.unit
+def test_far_apart_windows_are_read_as_separate_boxes_that_miss_no_processed_voxel():
+    import torch
+
+    prediction = torch.full((1, 120, 100, 90), float("nan"))
+    windows = [(slice(3, 35), slice(5, 37), slice(0, 32)), (slice(20, 52), slice(30, 62), slice(10, 42)),
+               (slice(85, 117), slice(60, 92), slice(55, 87))]  # fmt: skip
+    for window in windows:
+        prediction[(0, *window)] = torch.rand(tuple(w.stop - w.start for w in window))
+    box = processed_box(prediction)
+    boxes = window_boxes(prediction, box)
+    assert len(boxes) == 2  # the two touching windows, and the far one
+    covered = torch.zeros(prediction.shape[1:], dtype=torch.bool)
+    for part in boxes:
+        covered[part] = True
+    assert not (~torch.isnan(prediction[0]) & ~covered).any()
+    assert covered.sum() < 0.5 * covered.numel()

@@ -10,7 +10,8 @@ input's grid) over the whole image. Here:
   there is nothing to connect, so the components are the same;
 - the inversion is a lookup: once per image, the bundle's own ``Invertd`` inverts an image of voxel coordinates, so
   each input voxel learns which preprocessed voxel nearest-neighbour inversion reads for it (value-independent); a
-  click then reads, for the input voxels of the region only, the processed values at those coordinates;
+  click then reads, for the input voxels of its windows' regions only (one per group of touching windows, so a far
+  negative click does not cost the volume between), the processed values at those coordinates;
 - the result is that region of the input's grid (everything outside it is "not processed", 0 in the output), with
   the offset of its first voxel.
 
@@ -100,6 +101,23 @@ class InverseLookup:
         return out.numpy()
 
 
+def window_boxes(prediction, box: tuple[slice, slice, slice], stride: int = 8) -> list[tuple[slice, slice, slice]]:
+    """Boxes (within ``box``) that together hold every processed voxel: one per group of touching windows, found on
+    a ``stride``-subsampled mask and widened by ``stride`` (each window is at least that wide, so none is missed)."""
+    import torch
+    from scipy import ndimage
+
+    reached = ~torch.isnan(prediction[0][box][::stride, ::stride, ::stride])
+    groups, _ = ndimage.label(reached.cpu().numpy())
+    boxes = []
+    for found in ndimage.find_objects(groups):
+        boxes.append(tuple(
+            slice(max(b.start, b.start + f.start * stride - stride), min(b.stop, b.start + f.stop * stride + stride))
+            for b, f in zip(box, found, strict=True)
+        ))  # fmt: skip
+    return boxes
+
+
 def processed_box(prediction) -> tuple[slice, slice, slice] | None:
     """The bounding box of the voxels a window reached (not NaN) in a prediction [C, X, Y, Z]."""
     import torch
@@ -137,7 +155,16 @@ def region_labels(output: dict, post_transform, lookup: InverseLookup, stage=Non
     with stage("postprocess"):
         values = post_transform(data)["pred"][0]
     with stage("inversion"):
-        read = lookup.read(values, box, region)
-        unprocessed = np.isnan(read)
-        labels = label_array(np.where(unprocessed, 0, read))
+        shape = tuple(r.stop - r.start for r in region)
+        read_values = np.full(shape, np.nan, dtype=np.float32)
+        for window in window_boxes(prediction, box):  # far-apart clicks: read each group's region, not all between
+            part = lookup.region_of(window)
+            if part is None:
+                continue
+            inner = tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(window, box, strict=True))
+            read = lookup.read(values[inner], window, part)
+            target = tuple(slice(p.start - r.start, p.stop - r.start) for p, r in zip(part, region, strict=True))
+            read_values[target] = np.where(np.isnan(read), read_values[target], read)
+        unprocessed = np.isnan(read_values)
+        labels = label_array(np.where(unprocessed, 0, read_values))
     return Region(tuple(part.start for part in region), labels, unprocessed)
